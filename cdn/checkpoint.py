@@ -1,0 +1,142 @@
+"""Checkpoints as safetensors plus JSON, written atomically and verified by sha256; nothing here ever
+unpickles (chapter "Training the joint model", and every chapter that loads a run).
+
+A training checkpoint ``ckpt/step-00000200.safetensors`` holds the model, the optimiser state and
+the random-generator states as tensors; its sidecar ``ckpt/step-00000200.json`` holds the step,
+the optimiser's hyper-parameters and the file's sha256. A checkpoint counts only when its sidecar
+exists and the hash matches, so a write killed half-way is never loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "cdn-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupted, not safetensors, or of another architecture."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsync and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Save ``tensors`` as safetensors atomically; return the file's sha256."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    digest = sha256_file(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never pickle); check its sha256 when given. Raises
+    ``CheckpointError`` naming the file for anything that is not a valid safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"\x80\x02" or head[:2] == b"\x80\x04" or head[:4] == b"PK\x03\x04":
+        raise CheckpointError(f"{str(path)!r} is a pickle/zip (torch.save) file; cdn loads only safetensors "
+                              "and never unpickles a file it is handed")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted: its sha256 does not match its sidecar")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r} is not a valid safetensors file: {err}") from err
+
+
+def save_training_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                             generator: torch.Generator, extra: dict, keep: int = 2) -> Path:
+    """Write ``step-XXXXXXXX.safetensors`` and its JSON sidecar atomically; keep the last ``keep``."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    for idx, state in opt_state["state"].items():
+        for k, v in state.items():
+            tensors[f"optim/{idx}/{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+    tensors["rng/generator"] = generator.get_state()
+    tensors["rng/torch_cpu"] = torch.get_rng_state()
+    path = ckpt_dir / f"step-{step:08d}.safetensors"
+    digest = atomic_save_tensors(tensors, path, {"format": FORMAT})
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]
+    sidecar = {"format": FORMAT, "step": step, "sha256": digest, "param_groups": groups, **extra}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=1))
+    for old in sorted(ckpt_dir.glob("step-*.json"))[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return path
+
+
+def latest_training_checkpoint(ckpt_dir: Path, log=None):
+    """The newest checkpoint whose sidecar and hash are good, as ``(tensors, sidecar)``, or None.
+    A corrupted newest checkpoint is reported through ``log`` and the previous one is used."""
+    ckpt_dir = Path(ckpt_dir)
+    for side in sorted(ckpt_dir.glob("step-*.json"), reverse=True):
+        try:
+            meta = json.loads(side.read_text())
+            tensors = load_tensors(side.with_suffix(".safetensors"), meta["sha256"])
+            return tensors, meta
+        except (CheckpointError, json.JSONDecodeError, KeyError) as err:
+            if log is not None:
+                log(f"skipping bad checkpoint {side.name}: {err}")
+    return None
+
+
+def restore_training_checkpoint(tensors: dict, meta: dict, model, optimizer, generator) -> int:
+    """Load model, optimiser and generator states from a checkpoint; return its step."""
+    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    load_model_state(model, model_state, "training checkpoint")
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, idx, name = k.split("/", 2)
+            state.setdefault(int(idx), {})[name] = v
+    groups = optimizer.state_dict()["param_groups"]
+    for g, saved in zip(groups, meta["param_groups"]):
+        g.update(saved)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    generator.set_state(tensors["rng/generator"])
+    torch.set_rng_state(tensors["rng/torch_cpu"])
+    return int(meta["step"])
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """``model.load_state_dict(state, strict=True)`` with a clear error for another architecture."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{what} does not fit this {type(model).__name__}: it is of another architecture or width "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {wrong[:3]})")
+    model.load_state_dict(state)

@@ -1,0 +1,151 @@
+"""Losses and noise-level sampling (chapter "Training the joint model").
+
+Each loss is a small callable in the style of NVlabs/edm ``training/loss.py``: sample sigma, add
+noise, evaluate, weight. The joint loss is
+
+    L = E[-log softmax(f(y))_c] + lambda * E[w(sigma) ||D(y) - x||^2 / d],   y = x + sigma * eps,
+
+with ``w(sigma) = 1 / sigma^2`` by default, so that ``w ||D(y) - x||^2 = ||sigma * score + eps||^2``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .joint import JointModel
+
+SIGMA_DISTRIBUTIONS = ("log_uniform", "uniform")
+WEIGHTINGS = ("inv_sigma2", "none")
+CE_ON = ("noisy", "clean", "both")
+
+
+@dataclass(frozen=True)
+class SigmaSampler:
+    """Noise levels per image: log-uniform (or uniform) on ``[sigma_min, sigma_max]``; a fraction
+    ``clean_fraction`` of images gets ``sigma = 0`` (they enter the cross-entropy term only)."""
+
+    sigma_min: float = 1e-3
+    sigma_max: float = 1.0
+    distribution: str = "log_uniform"
+    clean_fraction: float = 0.0
+
+    def __post_init__(self):
+        if not 0 < self.sigma_min <= self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.distribution not in SIGMA_DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {SIGMA_DISTRIBUTIONS}, got {self.distribution!r}")
+        if not 0 <= self.clean_fraction < 1:
+            raise ValueError(f"clean_fraction must be in [0, 1), got {self.clean_fraction}")
+
+    def __call__(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Draw ``batch`` noise levels, shape (B,)."""
+        device = device or (generator.device if generator is not None else "cpu")
+        u = torch.rand(batch, generator=generator, device=device)
+        if self.distribution == "log_uniform":
+            lo, hi = torch.log(torch.tensor(self.sigma_min)), torch.log(torch.tensor(self.sigma_max))
+            sigma = torch.exp(lo + u * (hi - lo))
+        else:
+            sigma = self.sigma_min + u * (self.sigma_max - self.sigma_min)
+        if self.clean_fraction > 0:
+            clean = torch.rand(batch, generator=generator, device=device) < self.clean_fraction
+            sigma = torch.where(clean, torch.zeros_like(sigma), sigma)
+        return sigma
+
+
+def add_noise(x: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator | None = None):
+    """``y = x + sigma * eps`` with ``eps ~ N(0, I)``; returns ``(y, eps)``."""
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + sigma.view(-1, *([1] * (x.ndim - 1))) * eps, eps
+
+
+def dsm_per_image(score: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, weighting: str = "inv_sigma2"):
+    """Denoising score matching per image, averaged over pixels:
+    ``w(sigma) ||D(y) - x||^2 / d`` with ``D(y) - x = sigma^2 score + sigma eps``, i.e.
+    ``||sigma score + eps||^2 / d`` for ``w = 1/sigma^2`` and ``sigma^2 ||sigma score + eps||^2 / d`` for
+    ``w = 1``."""
+    s = sigma.view(-1, *([1] * (score.ndim - 1)))
+    per = (s * score.float() + eps.float()).pow(2).flatten(1).mean(1)
+    if weighting == "inv_sigma2":
+        return per
+    if weighting == "none":
+        return per * sigma.float() ** 2
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+@dataclass(frozen=True)
+class JointLoss:
+    """Cross-entropy plus ``lam`` times denoising score matching, from one forward and one
+    (differentiable) backward pass. ``dsm_conditional`` uses ``D(y, c)`` instead of ``D(y)``;
+    ``ce_on`` chooses noisy images, clean images (one extra forward) or both."""
+
+    sampler: SigmaSampler = SigmaSampler()
+    lam: float = 1.0
+    weighting: str = "inv_sigma2"
+    dsm_conditional: bool = False
+    ce_on: str = "noisy"
+
+    def __post_init__(self):
+        if self.ce_on not in CE_ON:
+            raise ValueError(f"ce_on must be one of {CE_ON}, got {self.ce_on!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+
+    def __call__(self, model: JointModel, x: torch.Tensor, c: torch.Tensor, generator=None):
+        """Return ``(loss, terms)`` where ``terms`` holds detached ``ce``, ``dsm`` and ``acc``."""
+        sigma = self.sampler(x.shape[0], generator, x.device)
+        y, eps = add_noise(x, sigma, generator)
+        logits, score = model.logits_and_score(y, sigma, c if self.dsm_conditional else None, create_graph=True)
+        noisy = sigma > 0
+        dsm = dsm_per_image(score, eps, sigma, self.weighting)
+        dsm = (dsm * noisy).sum() / noisy.sum().clamp_min(1)
+        if self.ce_on == "clean":
+            logits_ce = model.logits(x, torch.zeros_like(sigma))
+            ce = F.cross_entropy(logits_ce.float(), c)
+        else:
+            ce = F.cross_entropy(logits.float(), c)
+            if self.ce_on == "both":
+                logits_ce = model.logits(x, torch.zeros_like(sigma))
+                ce = 0.5 * (ce + F.cross_entropy(logits_ce.float(), c))
+        loss = ce + self.lam * dsm
+        acc = (logits.argmax(1) == c).float().mean()
+        return loss, {"ce": ce.detach(), "dsm": dsm.detach(), "acc": acc.detach()}
+
+
+@dataclass(frozen=True)
+class CrossEntropyLoss:
+    """Cross-entropy of a classifier; with ``noise`` set, on ``y = x + sigma * eps`` with sigma from
+    the sampler (Gaussian-noise augmentation, the baseline of randomized smoothing)."""
+
+    sampler: SigmaSampler | None = None
+
+    def __call__(self, model: JointModel, x: torch.Tensor, c: torch.Tensor, generator=None):
+        if self.sampler is not None:
+            sigma = self.sampler(x.shape[0], generator, x.device)
+            x, _ = add_noise(x, sigma, generator)
+        else:
+            sigma = torch.zeros(x.shape[0], device=x.device)
+        logits = model.logits(x, sigma).float()
+        ce = F.cross_entropy(logits, c)
+        acc = (logits.argmax(1) == c).float().mean()
+        return ce, {"ce": ce.detach(), "acc": acc.detach()}
+
+
+@dataclass(frozen=True)
+class DenoisingMSELoss:
+    """The denoise-only baseline: ``w(sigma) ||D(y) - x||^2 / d`` with the same sigma distribution
+    and weighting as the joint model's DSM term, so the two PSNR curves are comparable."""
+
+    sampler: SigmaSampler = SigmaSampler()
+    weighting: str = "inv_sigma2"
+
+    def __call__(self, denoiser: torch.nn.Module, x: torch.Tensor, c=None, generator=None):
+        sigma = self.sampler(x.shape[0], generator, x.device)
+        keep = sigma > 0
+        sigma = torch.where(keep, sigma, torch.full_like(sigma, self.sampler.sigma_min))
+        y, eps = add_noise(x, sigma, generator)
+        err = (denoiser(y).float() - x.float()).pow(2).flatten(1).mean(1)
+        w = 1 / sigma.float() ** 2 if self.weighting == "inv_sigma2" else torch.ones_like(sigma)
+        loss = (w * err).mean()
+        return loss, {"dsm": loss.detach()}

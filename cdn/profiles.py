@@ -1,0 +1,154 @@
+"""Named configurations: the profiles ``smoke``, ``quick`` and ``paper`` for each model and dataset
+(every chapter starts from ``get_config``).
+
+The paper's exact hyper-parameters are not available to this project (PAPER.md); every value
+below is our documented choice, visible in one place, and written beside each run as config.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .data import DATASETS
+from .nets import ARCHITECTURES
+
+PROFILES = ("smoke", "quick", "paper")
+OBJECTIVES = ("joint", "ce", "ce_noise", "mse")
+
+#: model name -> (architecture, objective, noise_conditioning)
+MODELS: dict[str, tuple[str, str, bool]] = {
+    "gradresnet": ("gradresnet", "joint", False),          # the paper's joint model
+    "gradresnet-cond": ("gradresnet", "joint", True),      # noise-conditioned variant
+    "gradresnet-ce": ("gradresnet", "ce", False),          # same net, cross-entropy alone
+    "resnet18": ("resnet18", "ce", False),                 # discriminative baseline
+    "resnet18-noise": ("resnet18", "ce_noise", False),     # ... with Gaussian-noise augmentation
+    "unet": ("unet", "mse", False),                        # denoise-only baseline (bias-free UNet)
+    "gradresnet-relu": ("gradresnet-relu", "joint", False),          # ablations
+    "gradresnet-batchnorm": ("gradresnet-batchnorm", "joint", False),
+    "gradresnet-noside": ("gradresnet-noside", "joint", False),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that determines a training run; its hash names the run directory."""
+
+    model: str = "gradresnet"
+    profile: str = "quick"
+    dataset: str = "cifar10"
+    arch: str = "gradresnet"
+    objective: str = "joint"
+    noise_conditioning: bool = False
+    width: int = 16
+    train_size: int | None = None        # None: the whole training set
+    test_size: int | None = 2000
+    max_classes: int | None = None       # keep only the first K classes (Tiny ImageNet quick)
+    steps: int = 800
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    augment: bool = True
+    # noise levels (on the [0, 1] pixel scale)
+    sigma_min: float = 1e-3
+    sigma_max: float = 1.0
+    sigma_distribution: str = "log_uniform"
+    clean_fraction: float = 0.0
+    # joint objective
+    lam: float = 1.0
+    weighting: str = "inv_sigma2"
+    dsm_conditional: bool = False
+    ce_on: str = "noisy"
+    # classifier baseline with noise augmentation: sigma uniform on [0, noise_sigma_max]
+    noise_sigma_max: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    allow_fallback: bool = True
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(DATASETS)}")
+        if self.arch not in ARCHITECTURES or self.objective not in OBJECTIVES:
+            raise ValueError(f"bad arch/objective {self.arch!r}/{self.objective!r}")
+        for name in ("width", "steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """A short hash of the whole configuration (sorted JSON): equal iff the configs are equal."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        return f"{self.dataset}-{self.model}-{self.profile}-{self.key()}"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown configuration keys {sorted(unknown)}")
+        return cls(**d)
+
+
+#: per-profile settings, per dataset; the budget of each is in DESIGN.md and the README
+PROFILE_SETTINGS: dict[str, dict[str, dict]] = {
+    "smoke": {
+        "cifar10": dict(width=4, train_size=256, test_size=128, steps=8, batch_size=32, warmup_steps=2,
+                        checkpoint_every=4, log_every=2),
+        "tiny-imagenet": dict(width=4, train_size=128, test_size=64, max_classes=8, steps=4, batch_size=16,
+                              warmup_steps=1, checkpoint_every=4, log_every=2),
+    },
+    "quick": {
+        "cifar10": dict(width=16, train_size=None, test_size=2000, steps=800, batch_size=128, lr=2e-3,
+                        warmup_steps=50, checkpoint_every=200, log_every=10),
+        "tiny-imagenet": dict(width=16, train_size=None, test_size=1000, max_classes=20, steps=300,
+                              batch_size=64, lr=2e-3, warmup_steps=30, checkpoint_every=100, log_every=10),
+    },
+    "paper": {
+        "cifar10": dict(width=64, train_size=None, test_size=None, steps=78_200, batch_size=128, lr=1e-3,
+                        warmup_steps=1000, checkpoint_every=2000, log_every=50),
+        "tiny-imagenet": dict(width=64, train_size=None, test_size=None, steps=40_000, batch_size=128, lr=1e-3,
+                              warmup_steps=1000, checkpoint_every=2000, log_every=50),
+    },
+}
+PROFILE_SETTINGS["smoke"]["digits"] = PROFILE_SETTINGS["smoke"]["cifar10"]
+PROFILE_SETTINGS["smoke"]["synthetic"] = PROFILE_SETTINGS["smoke"]["cifar10"]
+PROFILE_SETTINGS["quick"]["digits"] = dict(PROFILE_SETTINGS["quick"]["cifar10"], test_size=None)
+PROFILE_SETTINGS["quick"]["synthetic"] = PROFILE_SETTINGS["quick"]["cifar10"]
+PROFILE_SETTINGS["paper"]["digits"] = PROFILE_SETTINGS["quick"]["digits"]
+PROFILE_SETTINGS["paper"]["synthetic"] = PROFILE_SETTINGS["quick"]["cifar10"]
+
+
+def get_config(profile: str = "quick", model: str = "gradresnet", dataset: str = "cifar10", **overrides) -> Config:
+    """The configuration of ``model`` on ``dataset`` in ``profile``, with keyword ``overrides``
+    (e.g. ``get_config('quick', 'gradresnet', lam=0.5)``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    arch, objective, cond = MODELS[model]
+    settings = dict(PROFILE_SETTINGS[profile][dataset])
+    settings.update(model=model, profile=profile, dataset=dataset, arch=arch, objective=objective,
+                    noise_conditioning=cond, allow_fallback=profile != "paper")
+    known = {f.name for f in dataclasses.fields(Config)}
+    bad = set(overrides) - known
+    if bad:
+        raise ValueError(f"unknown configuration keys {sorted(bad)}; known keys: {', '.join(sorted(known))}")
+    settings.update(overrides)
+    return Config(**settings)

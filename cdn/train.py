@@ -1,0 +1,198 @@
+"""One training loop for the joint model and every baseline (chapter "Training the joint model").
+
+AdamW (fused on GPU), linear warm-up then cosine decay, gradient clipping, bf16 autocast and
+channels_last on GPU, a tqdm bar, a JSON-lines log, atomic checkpoints every
+``checkpoint_every`` steps, and exact resume: the model, optimiser, generator state and the
+data order (a function of seed and epoch) are restored, so N steps in one go equal N/2 steps, a
+stop, a resume and N/2 more.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (atomic_save_tensors, atomic_write_text, latest_training_checkpoint,
+                         restore_training_checkpoint, save_training_checkpoint)
+from .data import ImageDataset, augment, epoch_permutation
+from .joint import JointModel
+from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
+from .nets import build_net
+from .profiles import Config
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_net(config: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
+    """The network of ``config``, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return build_net(config.arch, num_classes, in_channels, config.width, config.noise_conditioning)
+
+
+def make_loss(config: Config):
+    """The objective of ``config``: ``JointLoss``, ``CrossEntropyLoss`` (with or without noise
+    augmentation) or ``DenoisingMSELoss``."""
+    sampler = SigmaSampler(config.sigma_min, config.sigma_max, config.sigma_distribution, config.clean_fraction)
+    if config.objective == "joint":
+        return JointLoss(sampler, config.lam, config.weighting, config.dsm_conditional, config.ce_on)
+    if config.objective == "ce":
+        return CrossEntropyLoss(None)
+    if config.objective == "ce_noise":
+        return CrossEntropyLoss(SigmaSampler(1e-3, config.noise_sigma_max, "uniform", clean_fraction=0.2))
+    return DenoisingMSELoss(sampler, config.weighting)
+
+
+def lr_at(step: int, config: Config) -> float:
+    """Learning rate: linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 0."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def set_cpu_threads() -> None:
+    """Use every core but never oversubscribe (2 on the project's CI machine)."""
+    import os
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+
+
+def _optimizer(net: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.Optimizer:
+    decay = [p for p in net.parameters() if p.ndim >= 2]
+    no_decay = [p for p in net.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
+
+
+def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=None,
+          progress: bool | None = None, stop_after: int | None = None) -> dict:
+    """Train ``config`` on ``train_set`` in ``run_dir``, resuming from its newest good checkpoint.
+
+    Writes ``config.json``, ``log.jsonl``, ``ckpt/step-*.safetensors`` and, when all ``config.steps``
+    are done, ``model.safetensors`` and ``state.json`` (``finished: true``). ``stop_after`` ends the
+    call after that many total steps with a checkpoint (an interruption, for tests and long runs).
+    Returns the final state dict. Raises ``FloatingPointError`` on a non-finite loss, keeping the last
+    good checkpoint."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cpu":
+        set_cpu_threads()
+    if config.batch_size > len(train_set):
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(train_set)} images)")
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))
+
+    net = make_net(config, train_set.num_classes, train_set.in_channels).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    model = JointModel(net)
+    loss_fn = make_loss(config)
+    optimizer = _optimizer(net, config, device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    start, elapsed = 0, 0.0
+    found = latest_training_checkpoint(run_dir / "ckpt", log=lambda m: print(f"[cdn] {m}"))
+    if found is not None:
+        tensors, meta = found
+        start = restore_training_checkpoint(tensors, meta, net, optimizer, generator)
+        elapsed = float(meta.get("elapsed_s", 0.0))
+    _truncate_log(run_dir / "log.jsonl", start)
+
+    images = train_set.images.to(device)
+    labels = train_set.labels.to(device)
+    n, bs = len(train_set), config.batch_size
+    per_epoch = n // bs
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    progress = _want_progress(progress)
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=config.run_name(), leave=False)
+    net.train()
+    use_amp = device.type == "cuda"
+    acc_terms: dict[str, torch.Tensor] = {}
+    t_last, n_last, perm_epoch, perm = time.perf_counter(), 0, -1, None
+    last_good = start
+    step = start
+    for step in range(start, end):
+        epoch, i = divmod(step, per_epoch)
+        if epoch != perm_epoch:
+            perm, perm_epoch = epoch_permutation(n, epoch, config.seed).to(device), epoch
+        idx = perm[i * bs:(i + 1) * bs]
+        x = images[idx].float().div_(255)
+        c = labels[idx]
+        if config.augment:
+            x = augment(x, generator)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, terms = loss_fn(model.net if config.objective == "mse" else model, x, c, generator)
+        if not torch.isfinite(loss):
+            bar.close()
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at step {step} of {config.run_name()}; the last good "
+                f"checkpoint (step {last_good}) in {run_dir / 'ckpt'} is kept. Lower lr or check the data.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        terms["loss"] = loss.detach()
+        for k, v in terms.items():
+            acc_terms[k] = acc_terms.get(k, 0) + v.float()
+        n_last += 1
+        if (step + 1) % config.log_every == 0 or step + 1 == end:
+            now = time.perf_counter()
+            elapsed += now - t_last
+            row = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "lr": lr_at(step, config),
+                   **{k: float(v) / n_last for k, v in acc_terms.items()},
+                   "images_per_s": n_last * bs / max(now - t_last, 1e-9), "elapsed_s": round(elapsed, 3)}
+            with open(run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "acc") if k in row})
+            acc_terms, n_last, t_last = {}, 0, now
+        bar.update(1)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
+            save_training_checkpoint(run_dir / "ckpt", step + 1, net, optimizer, generator,
+                                     {"elapsed_s": elapsed, "run": config.run_name()})
+            last_good = step + 1
+    bar.close()
+    finished = end == config.steps
+    state = {"finished": finished, "step": end, "elapsed_s": round(elapsed, 3), "run": config.run_name(),
+             "device": str(device), "torch": torch.__version__, "data": train_set.source,
+             "train_images": len(train_set), "epochs": round(end / per_epoch, 3),
+             "num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
+             "image_size": train_set.image_size, "classes": train_set.classes}
+    if finished:
+        atomic_save_tensors(net.state_dict(), run_dir / "model.safetensors", {"format": "cdn-model-1"})
+    atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1))
+    return state
+
+
+def _want_progress(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows beyond ``step`` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The rows of ``log.jsonl`` of a run."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
