@@ -1,0 +1,419 @@
+"""Build the book: Jupytext chapters -> executed notebooks (papermill) -> HTML (Jupyter Book 1).
+
+``build_book(profile)`` (``make book``, ``cdn book --profile P``) does, for every chapter
+``notebooks/NN_name.md`` in order:
+
+1. converts it to a notebook with jupytext and checks that it has a cell tagged ``parameters``;
+2. executes it with papermill (parameters ``profile``, ``data_dir``, ``seed``) in a kernel that runs
+   this very Python (``sys.executable``), registered in a private kernelspec folder inside the build
+   folder, so a user's own Jupyter kernels never interfere;
+3. writes the executed notebook to ``<build>/chapters/NN_name.ipynb`` only when every cell ran: the
+   old copy is deleted first, execution writes to a partial file that is renamed at the end, and a
+   failed run is kept as ``NN_name.failed.ipynb`` (never rendered) while a ``ChapterError`` names the
+   chapter and the cell;
+
+then builds the HTML with Jupyter Book 1 (execution off: it renders the executed notebooks) into
+``<build>/html`` (``<build>`` is ``book/_build`` by default), with MathJax served from the build
+itself (the ``sphinx-mathjax-offline`` package), so math renders without internet. Per-chapter wall
+times go to ``<build>/timings.json``.
+
+``build_book(profile, chapters=[...])`` reruns only the named chapters; the others are reused when
+their executed copy was made with the same profile, data folder, seed, chapter source and package
+source, and are executed again (with a message) otherwise, so no stale chapter is ever rendered.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .data import REPO_ROOT
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+BOOK_DIR = REPO_ROOT / "book"
+DEFAULT_BUILD_DIR = BOOK_DIR / "_build"
+#: files of book/ copied into the Sphinx source folder of every build
+BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
+KERNEL_NAME = "cdn-book"
+PROFILES = ("smoke", "quick", "paper")
+_CHAPTER_RE = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
+
+
+class ChapterError(RuntimeError):
+    """A chapter raised while executing: ``chapter``, ``cell_index`` (in the executed notebook, or
+    None when the kernel itself failed), ``ename``/``evalue`` of the exception, and ``notebook``, the
+    path of the kept failed copy."""
+
+    def __init__(self, chapter: str, message: str, cell_index: int | None = None, ename: str | None = None,
+                 evalue: str | None = None, notebook: Path | None = None):
+        super().__init__(message)
+        self.chapter, self.cell_index, self.ename, self.evalue, self.notebook = (
+            chapter, cell_index, ename, evalue, notebook)
+
+
+class BookBuildError(RuntimeError):
+    """The book could not be assembled or rendered (missing files, a table of contents that does not
+    match the chapters, a failing Sphinx build)."""
+
+
+# ------------------------------------------------------------------------------- chapters --
+
+def chapter_list(notebooks_dir: str | Path | None = None) -> list[str]:
+    """The chapters in reading order: the names (``NN_name``) of ``notebooks/NN_name.md``, sorted."""
+    nb_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
+    if not nb_dir.is_dir():
+        raise FileNotFoundError(f"no chapter folder {nb_dir}: the book is built from a checkout of the repository")
+    names = sorted(p.stem for p in nb_dir.glob("*.md") if _CHAPTER_RE.match(p.stem))
+    if not names:
+        raise FileNotFoundError(f"no chapters (NN_name.md) in {nb_dir}")
+    return names
+
+
+def resolve_chapters(names, available: list[str] | None = None) -> list[str]:
+    """Map chapter names as a user types them to chapter names, in reading order: the full name
+    (``02_classification``), the name without its number (``classification``) or the number
+    (``02``). Raises ``ValueError`` naming the available chapters for an unknown or ambiguous name."""
+    available = available if available is not None else chapter_list()
+    if isinstance(names, str):
+        names = [names]
+    picked = set()
+    for name in names:
+        key = str(name).removesuffix(".md").removesuffix(".ipynb")
+        hits = [c for c in available if key in (c, c.split("_", 1)[1], c[:2])]
+        if len(hits) != 1:
+            why = "unknown" if not hits else f"ambiguous ({', '.join(hits)})"
+            raise ValueError(f"chapter {name!r} is {why}; available chapters: {', '.join(available)}")
+        picked.add(hits[0])
+    return [c for c in available if c in picked]
+
+
+def toc_chapters(toc_path: str | Path | None = None) -> list[str]:
+    """The chapter names listed in the book's ``_toc.yml`` (entries ``chapters/NN_name``), in order."""
+    import yaml
+
+    toc_path = Path(toc_path) if toc_path is not None else BOOK_DIR / "_toc.yml"
+    toc = yaml.safe_load(toc_path.read_text())
+    out = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in ("root", "file"):
+                if isinstance(node.get(key), str):
+                    out.append(node[key])
+            for value in node.values():
+                if isinstance(value, (list, dict)):
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    return [Path(entry).name for entry in out if Path(entry).parent.name == "chapters"]
+
+
+def _check_toc(chapters: list[str]) -> None:
+    listed = toc_chapters()
+    missing = [c for c in chapters if c not in listed]
+    extra = [c for c in listed if c not in chapters]
+    if missing or extra:
+        raise BookBuildError(
+            f"book/_toc.yml does not match notebooks/: chapters not in the table of contents: {missing or 'none'}; "
+            f"table-of-contents entries without a chapter: {extra or 'none'}")
+
+
+def _sha256_bytes(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
+
+
+def package_fingerprint() -> str:
+    """A hash of the source of the ``cdn`` package: an executed chapter made with other package code
+    is stale."""
+    pkg = Path(__file__).resolve().parent
+    files = sorted(pkg.rglob("*.py"))
+    return _sha256_bytes(*(f.relative_to(pkg).as_posix().encode() + f.read_bytes() for f in files))[:16]
+
+
+def _fingerprint(chapter: str, profile: str, data_dir, seed: int) -> dict:
+    src = NOTEBOOKS_DIR / f"{chapter}.md"
+    return {"profile": profile, "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
+            "seed": int(seed), "source_sha256": _sha256_bytes(src.read_bytes())[:16],
+            "package_sha256": package_fingerprint()}
+
+
+# --------------------------------------------------------------------------------- kernel --
+
+def install_kernel(kernels_root: str | Path) -> str:
+    """Write a kernelspec that runs ``sys.executable -m ipykernel_launcher`` into
+    ``kernels_root/kernels/cdn-book/`` and return its name. Used with ``JUPYTER_PATH`` pointing at
+    ``kernels_root`` (``_kernel_env``), so execution never depends on kernels installed elsewhere."""
+    try:
+        import ipykernel  # noqa: F401
+    except ImportError as err:
+        raise BookBuildError("ipykernel is not installed for this Python; install the book extra: "
+                             "pip install -e '.[book]'") from err
+    spec_dir = Path(kernels_root) / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python ({sys.executable})", "language": "python",
+            "metadata": {"debugger": False}}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    return KERNEL_NAME
+
+
+@contextlib.contextmanager
+def _kernel_env(kernels_root: Path):
+    """Put ``kernels_root`` first on ``JUPYTER_PATH`` for the duration of the block."""
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(kernels_root) + (os.pathsep + old if old else "")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = old
+
+
+# ------------------------------------------------------------------------------ execution --
+
+def convert_chapter(chapter: str, out_path: str | Path, kernel_name: str = KERNEL_NAME) -> Path:
+    """Convert ``notebooks/<chapter>.md`` (Jupytext MyST) to a notebook at ``out_path``, with the
+    given kernel. Raises ``BookBuildError`` when the chapter has no cell tagged ``parameters``."""
+    import jupytext
+    import nbformat
+
+    src = NOTEBOOKS_DIR / f"{chapter}.md"
+    if not src.is_file():
+        raise FileNotFoundError(f"chapter {chapter!r}: {src} does not exist")
+    nb = jupytext.read(src)
+    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells if c.cell_type == "code"):
+        raise BookBuildError(f"chapter {chapter!r} ({src}) has no code cell tagged 'parameters' "
+                             "(profile, data_dir, seed) for papermill")
+    nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": "Python (cdn book)", "language": "python"}
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(out_path))
+    return out_path
+
+
+def _finalise(partial: Path, final: Path, meta: dict) -> None:
+    """Tag the parameter cells for removal from the page, record ``meta``, and move the executed
+    notebook into place atomically."""
+    import nbformat
+
+    nb = nbformat.read(str(partial), as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if ("parameters" in tags or "injected-parameters" in tags) and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nb.metadata["cdn_book"] = meta
+    tmp = final.with_name(f".{final.stem}.final.ipynb")
+    nbformat.write(nb, str(tmp))
+    os.replace(tmp, final)
+    partial.unlink(missing_ok=True)
+
+
+def execute_chapter(chapter: str, profile: str = "quick", data_dir=None, seed: int = 0,
+                    build_dir: str | Path | None = None) -> dict:
+    """Execute one chapter with papermill into ``<build_dir>/chapters/<chapter>.ipynb`` and return its
+    record (fingerprint, wall time). The previous executed copy is deleted before the run; on error
+    the partial notebook is kept as ``<chapter>.failed.ipynb`` and ``ChapterError`` names the chapter
+    and the failing cell."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
+    out_dir = build_dir / "chapters"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{chapter}.ipynb"
+    failed = out_dir / f"{chapter}.failed.ipynb"
+    partial = out_dir / f".{chapter}.partial.ipynb"
+    for stale in (final, failed, partial):
+        stale.unlink(missing_ok=True)
+    kernels_root = build_dir / "jupyter"
+    kernel = install_kernel(kernels_root)
+    source = convert_chapter(chapter, build_dir / "converted" / f"{chapter}.ipynb", kernel)
+    meta = _fingerprint(chapter, profile, data_dir, seed)
+    params = {"profile": profile, "data_dir": meta["data_dir"], "seed": int(seed)}
+    t0 = time.perf_counter()
+    try:
+        with _kernel_env(kernels_root):
+            pm.execute_notebook(str(source), str(partial), parameters=params, kernel_name=kernel, language="python",
+                                cwd=str(REPO_ROOT), progress_bar=False, log_output=False)
+    except PapermillExecutionError as err:
+        if partial.exists():
+            os.replace(partial, failed)
+        src_lines = (err.source or "").strip().splitlines()
+        excerpt = "\n".join("    " + line for line in src_lines[:12]) + ("\n    ..." if len(src_lines) > 12 else "")
+        raise ChapterError(
+            chapter,
+            f"chapter {chapter!r} failed in cell {err.cell_index} (execution count {err.exec_count}) with "
+            f"{err.ename}: {err.evalue}\n  cell source:\n{excerpt}\n  failed notebook kept at {failed} "
+            f"(not rendered)", err.cell_index, err.ename, err.evalue, failed) from err
+    except Exception as err:  # the kernel died, could not start, timed out ...
+        if partial.exists():
+            os.replace(partial, failed)
+        raise ChapterError(chapter, f"chapter {chapter!r} could not be executed: {type(err).__name__}: {err}",
+                           notebook=failed if failed.exists() else None) from err
+    wall = time.perf_counter() - t0
+    meta.update(wall_s=round(wall, 2), executed_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    _finalise(partial, final, meta)
+    return meta
+
+
+def executed_record(chapter: str, build_dir: str | Path | None = None) -> dict | None:
+    """The ``cdn_book`` record of the executed copy of ``chapter`` in the build folder, or None when
+    there is no complete executed copy."""
+    build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
+    path = build_dir / "chapters" / f"{chapter}.ipynb"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["metadata"].get("cdn_book")
+    except (json.JSONDecodeError, KeyError):
+        return None
+
+
+def _is_fresh(record: dict | None, chapter: str, profile: str, data_dir, seed: int) -> tuple[bool, str]:
+    if record is None:
+        return False, "no executed copy"
+    want = _fingerprint(chapter, profile, data_dir, seed)
+    for key, value in want.items():
+        if record.get(key) != value:
+            return False, f"{key} differs ({record.get(key)!r} != {value!r})"
+    return True, ""
+
+
+# ------------------------------------------------------------------------------------ html --
+
+_SPHINX_SCRIPT = """
+import sys
+from pathlib import Path
+from jupyter_book.sphinx import build_sphinx
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+code = build_sphinx(src, out, noconfig=True, path_config=str(src / "_config.yml"),
+                    confoverrides={"external_toc_path": str(src / "_toc.yml"), "latex_individualpages": False},
+                    builder="html",
+                    freshenv=True, quiet=True)
+sys.exit(code if isinstance(code, int) else 1)
+"""
+
+
+def build_html(build_dir: str | Path | None = None, chapters: list[str] | None = None) -> Path:
+    """Render the executed chapters of ``<build_dir>/chapters`` with Jupyter Book 1 (execution off)
+    into ``<build_dir>/html`` and return that folder. The Sphinx source is assembled afresh in
+    ``<build_dir>/source`` from book/ and the executed notebooks; the Sphinx log is
+    ``<build_dir>/html.log``. Raises ``BookBuildError`` when a chapter has no executed copy or Sphinx
+    fails."""
+    build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
+    chapters = chapters or chapter_list()
+    src = build_dir / "source"
+    html = build_dir / "html"
+    for d in (src, html, build_dir / ".doctrees"):
+        if d.exists():
+            shutil.rmtree(d)
+    (src / "chapters").mkdir(parents=True)
+    for name in BOOK_FILES:
+        if not (BOOK_DIR / name).is_file():
+            raise BookBuildError(f"{BOOK_DIR / name} is missing")
+        shutil.copy2(BOOK_DIR / name, src / name)
+    for chapter in chapters:
+        nb = build_dir / "chapters" / f"{chapter}.ipynb"
+        if not nb.is_file():
+            raise BookBuildError(f"chapter {chapter!r} has no executed notebook {nb}: execute it first")
+        shutil.copy2(nb, src / "chapters" / nb.name)
+    log_path = build_dir / "html.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, "-c", _SPHINX_SCRIPT, str(src), str(html)], stdout=log,
+                              stderr=subprocess.STDOUT, cwd=str(build_dir))
+    if proc.returncode != 0 or not (html / "index.html").is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise BookBuildError(f"Jupyter Book (Sphinx) failed with exit code {proc.returncode}; "
+                             f"log {log_path}:\n{tail}")
+    return html
+
+
+# ----------------------------------------------------------------------------------- book --
+
+def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int = 0,
+               build_dir: str | Path | None = None) -> Path:
+    """Execute the book's chapters in ``profile`` and render the HTML; return the HTML folder
+    (``book/_build/html`` by default; open ``index.html``).
+
+    ``chapters``: None for every chapter, or names (``02_classification``, ``classification`` or
+    ``02``) to rerun only those; the other chapters are reused when fresh (same profile, data_dir,
+    seed, chapter and package source) and re-executed otherwise. ``data_dir`` and ``seed`` are passed
+    to every chapter (papermill parameters). A chapter that raises stops the build with a
+    ``ChapterError`` naming the chapter and the cell; nothing is rendered then. Wall times go to
+    ``<build_dir>/timings.json``.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    if data_dir is not None and not Path(data_dir).expanduser().exists():
+        raise FileNotFoundError(f"data_dir {str(data_dir)!r} does not exist")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    build_dir = Path(build_dir).resolve() if build_dir is not None else DEFAULT_BUILD_DIR
+    build_dir.mkdir(parents=True, exist_ok=True)
+    all_chapters = chapter_list()
+    _check_toc(all_chapters)
+    wanted = all_chapters if chapters is None else resolve_chapters(chapters, all_chapters)
+    t_start = time.perf_counter()
+    timings = {"profile": profile, "seed": seed, "data_dir": None if data_dir is None else str(data_dir),
+               "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "chapters": {}}
+    timings_path = build_dir / "timings.json"
+    timings_path.unlink(missing_ok=True)
+
+    def write_timings():
+        tmp = timings_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(timings, indent=1))
+        os.replace(tmp, timings_path)
+
+    for chapter in all_chapters:
+        if chapter not in wanted:
+            fresh, why = _is_fresh(executed_record(chapter, build_dir), chapter, profile, data_dir, seed)
+            if fresh:
+                rec = executed_record(chapter, build_dir)
+                timings["chapters"][chapter] = {"seconds": rec.get("wall_s"), "reused": True,
+                                                "executed_at": rec.get("executed_at")}
+                print(f"[book] {chapter}: reused (executed {rec.get('executed_at')})", flush=True)
+                continue
+            print(f"[book] {chapter}: not asked for, but its executed copy is stale ({why}): executing", flush=True)
+        print(f"[book] {chapter}: executing (profile {profile}) ...", flush=True)
+        try:
+            meta = execute_chapter(chapter, profile, data_dir, seed, build_dir)
+        except ChapterError:
+            timings["chapters"][chapter] = {"seconds": None, "failed": True}
+            timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
+            write_timings()
+            raise
+        timings["chapters"][chapter] = {"seconds": meta["wall_s"], "reused": False, "executed_at": meta["executed_at"]}
+        write_timings()
+        print(f"[book] {chapter}: done in {meta['wall_s']:.1f} s", flush=True)
+    t_html = time.perf_counter()
+    print("[book] rendering HTML with Jupyter Book ...", flush=True)
+    html = build_html(build_dir, all_chapters)
+    timings["html_seconds"] = round(time.perf_counter() - t_html, 2)
+    timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
+    write_timings()
+    print(f"[book] HTML in {html} (open {html / 'index.html'}); {timings['total_seconds']:.1f} s in all; "
+          f"timings in {timings_path}", flush=True)
+    return html
+
+
+__all__ = ["BookBuildError", "ChapterError", "build_book", "build_html", "chapter_list", "convert_chapter",
+           "execute_chapter", "executed_record", "install_kernel", "package_fingerprint", "resolve_chapters",
+           "toc_chapters"]

@@ -1,0 +1,266 @@
+"""One figure style for the whole book, and the few plot helpers its chapters share: metric
+against noise level, image grids, training curves, the noise-level distribution.
+
+Call ``use_style()`` once at the top of a chapter; every helper draws on a given ``ax`` (or makes
+a new figure) and returns the matplotlib objects, so chapters stay a few lines long. A model keeps
+one colour in every figure of the book (``color_for``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+#: Okabe-Ito colour-blind-safe palette, then matplotlib's tab10 for anything beyond it.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+#: fixed colours for the curves that recur across chapters (matched by substring, first match wins)
+_FIXED = [
+    ("noisy", "#999999"),
+    ("wrong", "#CC79A7"),
+    ("D(y,c)", "#009E73"),
+    ("GradResNet (joint", "#0072B2"),
+    ("gradresnet-ce", "#56B4E9"),
+    ("cross-entropy only", "#56B4E9"),
+    ("ResNet-18 + noise", "#E69F00"),
+    ("resnet18-noise", "#E69F00"),
+    ("ResNet-18", "#D55E00"),
+    ("resnet18", "#D55E00"),
+    ("UNet", "#000000"),
+    ("unet", "#000000"),
+    ("NL-means", "#7F7F7F"),
+    ("gradresnet", "#0072B2"),
+]
+
+STYLE = {
+    "figure.figsize": (6.4, 3.6),
+    "figure.dpi": 110,
+    "savefig.dpi": 110,
+    "savefig.bbox": "tight",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8.5,
+    "legend.frameon": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.8,
+    "lines.markersize": 4.5,
+    "image.interpolation": "nearest",
+    "axes.prop_cycle": mpl.cycler(color=PALETTE),
+}
+
+
+def use_style() -> None:
+    """Apply the book's matplotlib style (sizes, grid, palette, no top/right spines) globally."""
+    mpl.rcParams.update(STYLE)
+
+
+def color_for(name: str, index: int = 0) -> str:
+    """The colour of a curve named ``name``: a fixed colour for the book's recurring models and
+    denoisers, else the ``index``-th colour of the palette."""
+    for key, colour in _FIXED:
+        if key in name:
+            return colour
+    return PALETTE[index % len(PALETTE)]
+
+
+def _axes(ax, figsize=None):
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize)
+    return fig, ax
+
+
+def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=None, ylabel: str | None = None,
+                    title: str | None = None, percent: bool = False, linthresh: float = 0.01):
+    """Plot ``metric`` against the noise level for several models.
+
+    ``curves`` maps a label to rows ``[{"sigma": s, metric: v, ...}, ...]`` (as in
+    ``Run.metrics(...)["classification"]``). The x axis is symmetric-log so that sigma = 0 (clean
+    images) shows beside 0.02 ... 0.8; ``percent`` multiplies the values by 100. Returns ``(fig, ax)``.
+    """
+    if not curves:
+        raise ValueError("curves is empty: expected {label: [{'sigma': ..., metric: ...}, ...]}")
+    fig, ax = _axes(ax)
+    markers = "osD^vP*X"
+    for i, (label, rows) in enumerate(curves.items()):
+        rows = [r for r in rows if r.get(metric) is not None]
+        if not rows:
+            continue
+        s = [r["sigma"] for r in rows]
+        v = [r[metric] * (100 if percent else 1) for r in rows]
+        dashed = "wrong" in label or label.startswith("noisy")
+        ax.plot(s, v, marker=markers[i % len(markers)], color=color_for(label, i), label=label,
+                linestyle="--" if dashed else "-")
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("noise level σ (pixels in [0, 1])")
+    ax.set_ylabel(ylabel or (metric + (" (%)" if percent else "")))
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return fig, ax
+
+
+def _to_numpy_images(images) -> np.ndarray:
+    """(B, C, H, W) tensor or array in [0, 1] -> (B, H, W, C) float array, clipped."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (B, C, H, W) with C in (1, 3), got {images.shape}")
+    return np.clip(images.transpose(0, 2, 3, 1), 0, 1)
+
+
+def show_image(image, ax=None, title: str | None = None):
+    """Show one image (C, H, W) or (1, C, H, W) in [0, 1] on ``ax`` without axes ticks; grey
+    images use a grey colour map. Returns ``ax``."""
+    img = _to_numpy_images(image)[0]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(2.5, 2.5))
+    if img.shape[2] == 1:
+        ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def image_grid(images, ncols: int | None = None, titles: Sequence[str] | None = None, size: float = 1.3,
+               suptitle: str | None = None):
+    """A grid of images from a (B, C, H, W) tensor in [0, 1] (``ncols`` per row, default up to 8),
+    with optional per-image ``titles``. Returns the figure."""
+    imgs = _to_numpy_images(images)
+    b = imgs.shape[0]
+    ncols = ncols or min(b, 8)
+    nrows = math.ceil(b / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.3 if titles else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < b:
+            show_image(imgs[i].transpose(2, 0, 1), ax, titles[i] if titles is not None else None)
+        else:
+            ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def image_rows(rows: Mapping[str, object], size: float = 1.3, col_titles: Sequence[str] | None = None,
+               suptitle: str | None = None):
+    """Labelled rows of images: ``rows`` maps a row label (e.g. "clean", "noisy", "D(y)") to a
+    (B, C, H, W) tensor in [0, 1]; all rows must hold the same number of images. Returns the figure."""
+    if not rows:
+        raise ValueError("rows is empty: expected {label: (B, C, H, W) images}")
+    arrays = {k: _to_numpy_images(v) for k, v in rows.items()}
+    counts = {k: a.shape[0] for k, a in arrays.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"every row must hold the same number of images, got {counts}")
+    b = next(iter(counts.values()))
+    fig, axes = plt.subplots(len(arrays), b, figsize=(size * b + 0.9, size * len(arrays)), squeeze=False)
+    for r, (label, imgs) in enumerate(arrays.items()):
+        for j in range(b):
+            ax = axes[r, j]
+            show_image(imgs[j].transpose(2, 0, 1), ax, col_titles[j] if (r == 0 and col_titles) else None)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def _smooth(values: Sequence[float], window: int) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) < window:
+        return v
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, v[0]), v])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def training_curves(logs: Mapping[str, Sequence[Mapping]], keys: Iterable[str] = ("ce", "dsm"), smooth: int = 1,
+                    logy: Mapping[str, bool] | None = None, titles: Mapping[str, str] | None = None):
+    """Training curves from ``Run.log()`` rows: one panel per key in ``keys`` (e.g. ``ce`` and
+    ``dsm``), one line per run that logged that key, against the training step; ``smooth`` is a
+    moving-average window in log rows. Returns the figure."""
+    keys = list(keys)
+    if not keys:
+        raise ValueError("keys is empty")
+    logy = dict(logy or {"dsm": True})
+    titles = dict(titles or {})
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        drawn = 0
+        for i, (label, rows) in enumerate(logs.items()):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if not pts:
+                continue
+            steps, vals = zip(*pts)
+            ax.plot(steps, _smooth(vals, smooth), color=color_for(label, i), label=label)
+            drawn += 1
+        ax.set_xlabel("training step")
+        ax.set_ylabel(key)
+        ax.set_title(titles.get(key, key))
+        if logy.get(key):
+            ax.set_yscale("log")
+        if drawn:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no run logged {key!r}", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def sigma_histogram(sigmas, ax=None, bins: int = 40, title: str | None = None):
+    """Histogram of sampled noise levels on a log axis (zeros, the clean images, are counted in the
+    title). Returns ``(fig, ax)``."""
+    s = torch.as_tensor(sigmas).detach().float().cpu().numpy().ravel()
+    if s.size == 0:
+        raise ValueError("sigmas is empty")
+    fig, ax = _axes(ax, figsize=(4.8, 3.0))
+    pos = s[s > 0]
+    if pos.size:
+        edges = np.logspace(np.log10(pos.min()), np.log10(pos.max()), bins + 1)
+        ax.hist(pos, bins=edges, color=PALETTE[0], alpha=0.85)
+        ax.set_xscale("log")
+    ax.set_xlabel("σ")
+    ax.set_ylabel("count")
+    zeros = int((s == 0).sum())
+    ax.set_title(title or f"{s.size} draws" + (f", {zeros} clean (σ = 0)" if zeros else ""))
+    return fig, ax
+
+
+def bar_by_class(values: Sequence[float], classes: Sequence[str], ax=None, highlight: int | None = None,
+                 ylabel: str = "p(c | y)"):
+    """Bar chart of one value per class (e.g. ``p(c | y)``), the ``highlight``-th bar (the true
+    class) in a second colour. Returns ``(fig, ax)``."""
+    if len(values) != len(classes):
+        raise ValueError(f"got {len(values)} values for {len(classes)} classes")
+    fig, ax = _axes(ax, figsize=(4.8, 2.6))
+    colours = [PALETTE[1] if i == highlight else PALETTE[0] for i in range(len(values))]
+    ax.bar(range(len(values)), values, color=colours)
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    return fig, ax
+
+
+__all__ = ["PALETTE", "STYLE", "bar_by_class", "color_for", "image_grid", "image_rows", "metric_vs_sigma",
+           "sigma_histogram", "show_image", "training_curves", "use_style"]
