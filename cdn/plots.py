@@ -84,8 +84,9 @@ def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=Non
     """Plot ``metric`` against the noise level for several models.
 
     ``curves`` maps a label to rows ``[{"sigma": s, metric: v, ...}, ...]`` (as in
-    ``Run.metrics(...)["classification"]``). The x axis is symmetric-log so that sigma = 0 (clean
-    images) shows beside 0.02 ... 0.8; ``percent`` multiplies the values by 100. Returns ``(fig, ax)``.
+    ``Run.metrics(...)["classification"]``). The x axis is logarithmic, symmetric-log (linear below
+    ``linthresh``) when sigma = 0 (clean images) is among the levels; ``percent`` multiplies the values
+    by 100. Returns ``(fig, ax)``.
     """
     if not curves:
         raise ValueError("curves is empty: expected {label: [{'sigma': ..., metric: ...}, ...]}")
@@ -100,8 +101,12 @@ def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=Non
         dashed = "wrong" in label or label.startswith("noisy")
         ax.plot(s, v, marker=markers[i % len(markers)], color=color_for(label, i), label=label,
                 linestyle="--" if dashed else "-")
-    ax.set_xscale("symlog", linthresh=linthresh)
-    ax.set_xlim(left=0)
+    all_sigmas = [r["sigma"] for rows in curves.values() for r in rows]
+    if min(all_sigmas) > 0:
+        ax.set_xscale("log")
+    else:  # sigma = 0 (clean images) beside 0.02 ... 0.8
+        ax.set_xscale("symlog", linthresh=linthresh)
+        ax.set_xlim(left=0)
     ax.set_xlabel("noise level σ (pixels in [0, 1])")
     ax.set_ylabel(ylabel or (metric + (" (%)" if percent else "")))
     if title:

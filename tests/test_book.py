@@ -1,0 +1,282 @@
+"""The book pipeline (cdn.book): the whole book built in the smoke profile (every chapter executes,
+every page and figure exists, headless Chromium renders figures and typeset math offline), and the
+pipeline's guarantees on small synthetic chapters (a failing chapter names itself and its cell and
+is never rendered; rerunning one chapter reuses only fresh ones).
+
+The smoke build takes a few minutes on 2 cores; run these tests alone with ``pytest -m book``.
+The Chromium check needs Debian's ``chromium`` (``apt-get install -y chromium``): it is skipped
+without it on a developer machine and fails without it under CI (``CI`` set).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+book = pytest.importorskip("cdn.book")
+pytest.importorskip("papermill")
+pytest.importorskip("jupytext")
+pytest.importorskip("jupyter_book")
+
+pytestmark = [pytest.mark.book, pytest.mark.slow]
+
+ARTIFACTS = book.REPO_ROOT / "artifacts"
+
+
+# ------------------------------------------------------------------------------ helpers --
+
+class _Tags(HTMLParser):
+    """Collects <img src>, <script src> and visible text markers of one HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.imgs: list[str] = []
+        self.scripts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img" and a.get("src"):
+            self.imgs.append(a["src"])
+        if tag == "script" and a.get("src"):
+            self.scripts.append(a["src"])
+
+
+def _parse(path: Path) -> _Tags:
+    p = _Tags()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _chromium_run(page: Path, tmp: Path, *action: str) -> subprocess.CompletedProcess:
+    exe = _chromium()
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("headless Chromium is required under CI: apt-get update && apt-get install -y chromium")
+        pytest.skip("chromium not installed (apt-get update && apt-get install -y chromium)")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1280,2200",
+           "--virtual-time-budget=20000", "--hide-scrollbars", *action, page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+# -------------------------------------------------------------------------- smoke build --
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    """The whole book built in the smoke profile, with runs trained from scratch in a temp folder."""
+    build = tmp_path_factory.mktemp("book-build")
+    runs = tmp_path_factory.mktemp("book-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDN_RUNS", str(runs))  # inherited by the chapters' kernels
+        html = book.build_book("smoke", build_dir=build)
+    return build, html
+
+
+def test_every_chapter_executed_without_error(smoke_book):
+    build, _ = smoke_book
+    chapters = book.chapter_list()
+    assert chapters[0] == "00_front_page" and len(chapters) >= 6
+    timings = json.loads((build / "timings.json").read_text())
+    assert timings["profile"] == "smoke"
+    for chapter in chapters:
+        path = build / "chapters" / f"{chapter}.ipynb"
+        assert path.is_file(), f"{chapter} has no executed notebook"
+        assert not (build / "chapters" / f"{chapter}.failed.ipynb").exists()
+        nb = json.loads(path.read_text())
+        meta = nb["metadata"]["cdn_book"]
+        assert meta["profile"] == "smoke" and meta["seed"] == 0
+        assert nb["metadata"]["papermill"]["exception"] in (None, False)
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(c["execution_count"] is not None for c in code), f"{chapter}: a cell did not run"
+        errors = [o for c in code for o in c.get("outputs", []) if o["output_type"] == "error"]
+        assert not errors, f"{chapter}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        # the first output of every chapter is the provenance box, naming the profile
+        first = next(o for c in code for o in c.get("outputs", []) if o["output_type"] != "stream")
+        text = "".join(first["data"]["text/markdown"])
+        assert "Provenance" in text and "smoke" in text and "commit" in text and "device" in text
+        assert timings["chapters"][chapter]["seconds"] > 0
+    assert timings["html_seconds"] > 0 and timings["total_seconds"] > 0
+
+
+def test_every_page_and_figure_exists(smoke_book):
+    build, html = smoke_book
+    assert (html / "index.html").is_file()
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file(), "MathJax is not served locally"
+    assert (html / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir(), "MathJax fonts missing"
+    pages_with_math = 0
+    for chapter in book.chapter_list():
+        page = html / "chapters" / f"{chapter}.html"
+        assert page.is_file(), f"no HTML page for {chapter}"
+        tags = _parse(page)
+        figures = [src for src in tags.imgs if "_images/" in src]
+        assert figures, f"{chapter}: no figure on the page"
+        for src in figures:
+            assert (page.parent / src.split("?")[0]).resolve().is_file(), f"{chapter}: missing figure file {src}"
+        # offline: no script is fetched from the network, and MathJax comes from _static
+        assert not [s for s in tags.scripts if s.startswith(("http:", "https:", "//"))], tags.scripts
+        text = page.read_text(encoding="utf-8")
+        if 'class="math' in text:  # Sphinx loads MathJax only on pages with math
+            assert any(s.endswith("_static/mathjax/tex-chtml.js") for s in tags.scripts), tags.scripts
+            pages_with_math += 1
+        assert "Provenance of this page" in text, f"{chapter}: no provenance box"
+        assert "Traceback" not in text, f"{chapter}: a traceback was rendered"
+    assert pages_with_math >= 4
+
+
+def test_chromium_renders_figures_and_math_offline(smoke_book, tmp_path):
+    _, html = smoke_book
+    ARTIFACTS.mkdir(exist_ok=True)
+    # index.html is what a reader opens: it redirects to the front page
+    pages = {"front": html / "index.html",
+             "denoising": html / "chapters" / "03_denoising.html"}
+    for name, page in pages.items():
+        dom = _chromium_run(page, tmp_path, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        text = dom.stdout
+        # MathJax ran (from the local copy) and typeset the page's math without errors
+        assert text.count("<mjx-container") >= 3, f"{name}: math was not typeset by MathJax"
+        assert "<mjx-merror" not in text and "Math input error" not in text
+        # the figures and the provenance box are in the rendered page
+        assert text.count("_images/") >= 1, f"{name}: no figure in the rendered DOM"
+        assert "Provenance of this page" in text
+        shot = ARTIFACTS / f"book-{name}.png"
+        shot.unlink(missing_ok=True)
+        res = _chromium_run(page, tmp_path, f"--screenshot={shot}")
+        assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 20_000, res.stderr[-2000:]
+        from PIL import Image
+
+        with Image.open(shot) as im:  # a page, not a blank canvas
+            colours = im.convert("RGB").resize((320, 550)).getcolors(maxcolors=1_000_000)
+        assert colours is not None and len(colours) > 200, f"{name}: the screenshot looks blank"
+
+
+# ------------------------------------------------------------- pipeline on tiny chapters --
+
+_HEADER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+    format_version: 0.13
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# {title}
+
+```{{code-cell}} ipython3
+:tags: [parameters]
+
+profile = "quick"
+data_dir = None
+seed = 0
+```
+"""
+
+
+def _chapter(title: str, body: str) -> str:
+    return _HEADER.format(title=title) + "\n" + body
+
+
+@pytest.fixture
+def tiny_book(tmp_path, monkeypatch):
+    """A book of two trivial chapters in a temp repository layout (notebooks/ and book/)."""
+    nb_dir, book_dir = tmp_path / "notebooks", tmp_path / "book"
+    nb_dir.mkdir()
+    book_dir.mkdir()
+    for name in book.BOOK_FILES:
+        shutil.copy2(book.BOOK_DIR / name, book_dir / name)
+    (book_dir / "_toc.yml").write_text("format: jb-book\nroot: chapters/00_alpha\nchapters:\n  - file: chapters/01_beta\n")
+    (nb_dir / "00_alpha.md").write_text(_chapter("Alpha", "```{code-cell} ipython3\nprint('alpha', profile, seed)\n```\n"))
+    (nb_dir / "01_beta.md").write_text(_chapter("Beta", "```{code-cell} ipython3\nprint('beta', profile)\n```\n"))
+    monkeypatch.setattr(book, "NOTEBOOKS_DIR", nb_dir)
+    monkeypatch.setattr(book, "BOOK_DIR", book_dir)
+    return tmp_path
+
+
+def test_chapter_names_resolve():
+    chapters = ["00_front_page", "01_training", "02_classification"]
+    assert book.resolve_chapters(["classification", "00"], chapters) == ["00_front_page", "02_classification"]
+    assert book.resolve_chapters("01_training.md", chapters) == ["01_training"]
+    with pytest.raises(ValueError, match="unknown.*available chapters"):
+        book.resolve_chapters(["nope"], chapters)
+    assert book.chapter_list() == book.toc_chapters(), "book/_toc.yml and notebooks/ disagree"
+
+
+def test_failing_chapter_names_chapter_and_cell_and_is_not_rendered(tiny_book):
+    build = tiny_book / "build"
+    (tiny_book / "notebooks" / "01_beta.md").write_text(_chapter(
+        "Beta", "```{code-cell} ipython3\nx = 1\n```\n\n```{code-cell} ipython3\nraise RuntimeError('boom in beta')\n```\n"))
+    # a stale executed copy from an earlier build must disappear, not be rendered
+    (build / "chapters").mkdir(parents=True)
+    (build / "chapters" / "01_beta.ipynb").write_text("{}")
+    with pytest.raises(book.ChapterError) as info:
+        book.build_book("smoke", build_dir=build)
+    err = info.value
+    assert err.chapter == "01_beta" and err.ename == "RuntimeError" and err.cell_index is not None
+    msg = str(err)
+    assert "01_beta" in msg and "boom in beta" in msg and f"cell {err.cell_index}" in msg
+    assert "raise RuntimeError" in msg  # the failing cell's source
+    assert not (build / "chapters" / "01_beta.ipynb").exists()
+    assert (build / "chapters" / "01_beta.failed.ipynb").is_file()
+    assert not (build / "html").exists(), "nothing may be rendered after a failing chapter"
+    timings = json.loads((build / "timings.json").read_text())
+    assert timings["chapters"]["01_beta"]["failed"] is True
+
+
+def test_rerun_one_chapter_reuses_only_fresh_chapters(tiny_book, capsys):
+    build = tiny_book / "build"
+    html = book.build_book("smoke", build_dir=build, seed=3)
+    assert (html / "chapters" / "00_alpha.html").is_file() and (html / "chapters" / "01_beta.html").is_file()
+    first = book.executed_record("00_alpha", build)
+    assert first["profile"] == "smoke" and first["seed"] == 3
+    alpha = json.loads((build / "chapters" / "00_alpha.ipynb").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in alpha["cells"] for o in c.get("outputs", []))
+    assert "alpha smoke 3" in printed  # papermill passed the parameters
+    capsys.readouterr()
+
+    book.build_book("smoke", chapters=["beta"], build_dir=build, seed=3)
+    out = capsys.readouterr().out
+    assert "00_alpha: reused" in out and "01_beta: executing" in out
+    assert book.executed_record("00_alpha", build)["executed_at"] == first["executed_at"]
+    timings = json.loads((build / "timings.json").read_text())
+    assert timings["chapters"]["00_alpha"]["reused"] and not timings["chapters"]["01_beta"]["reused"]
+
+    # another profile makes the other chapter stale: it is executed again, not rendered as it was
+    book.build_book("quick", chapters=["01_beta"], build_dir=build, seed=3)
+    out = capsys.readouterr().out
+    assert "00_alpha: not asked for, but its executed copy is stale (profile differs" in out
+    assert book.executed_record("00_alpha", build)["profile"] == "quick"
+
+
+def test_chapter_without_parameters_cell_is_refused(tiny_book):
+    (tiny_book / "notebooks" / "01_beta.md").write_text(
+        "---\njupytext:\n  text_representation:\n    format_name: myst\n---\n\n# Beta\n\n"
+        "```{code-cell} ipython3\nprint(1)\n```\n")
+    with pytest.raises(book.BookBuildError, match="no code cell tagged 'parameters'"):
+        book.convert_chapter("01_beta", tiny_book / "x.ipynb")
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown profile"):
+        book.build_book("fast", build_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        book.build_book("smoke", data_dir=tmp_path / "missing", build_dir=tmp_path)
+    with pytest.raises(ValueError, match="chapter 'nope' is unknown"):
+        book.build_book("smoke", chapters=["nope"], build_dir=tmp_path)
