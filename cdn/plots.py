@@ -80,13 +80,15 @@ def _axes(ax, figsize=None):
 
 
 def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=None, ylabel: str | None = None,
-                    title: str | None = None, percent: bool = False, linthresh: float = 0.01):
+                    title: str | None = None, percent: bool = False, linthresh: float = 0.01,
+                    legend: str | None = "best"):
     """Plot ``metric`` against the noise level for several models.
 
     ``curves`` maps a label to rows ``[{"sigma": s, metric: v, ...}, ...]`` (as in
     ``Run.metrics(...)["classification"]``). The x axis is logarithmic, symmetric-log (linear below
     ``linthresh``) when sigma = 0 (clean images) is among the levels; ``percent`` multiplies the values
-    by 100. Returns ``(fig, ax)``.
+    by 100; the ticks are the noise levels themselves. ``legend``: ``"best"`` (inside), ``"right"``
+    (outside, right of the axes) or None. Returns ``(fig, ax)``.
     """
     if not curves:
         raise ValueError("curves is empty: expected {label: [{'sigma': ..., metric: ...}, ...]}")
@@ -101,17 +103,22 @@ def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=Non
         dashed = "wrong" in label or label.startswith("noisy")
         ax.plot(s, v, marker=markers[i % len(markers)], color=color_for(label, i), label=label,
                 linestyle="--" if dashed else "-")
-    all_sigmas = [r["sigma"] for rows in curves.values() for r in rows]
+    all_sigmas = sorted({r["sigma"] for rows in curves.values() for r in rows})
     if min(all_sigmas) > 0:
         ax.set_xscale("log")
     else:  # sigma = 0 (clean images) beside 0.02 ... 0.8
         ax.set_xscale("symlog", linthresh=linthresh)
-        ax.set_xlim(left=0)
+    ax.set_xticks(all_sigmas)
+    ax.set_xticklabels([f"{v:g}" for v in all_sigmas])
+    ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
     ax.set_xlabel("noise level σ (pixels in [0, 1])")
     ax.set_ylabel(ylabel or (metric + (" (%)" if percent else "")))
     if title:
         ax.set_title(title)
-    ax.legend()
+    if legend == "right":
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    elif legend is not None:
+        ax.legend(loc=legend)
     return fig, ax
 
 

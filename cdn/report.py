@@ -235,9 +235,10 @@ def psnr_curves(runs: dict[str, ModelRun]) -> dict[str, list[dict]]:
 
 
 def training_summary(runs: dict[str, ModelRun]):
-    """A pandas DataFrame of how each run was trained: steps, epochs, images, wall time, time per
-    step, throughput, and the time per step relative to the cross-entropy GradResNet when present
-    (the double-backward cost of the joint objective)."""
+    """A pandas DataFrame of how each run was trained: objective, steps, epochs, wall time, time per
+    step, median throughput (images / s), and the time per step divided by that of the cross-entropy
+    GradResNet when present (the double-backward cost of the joint objective). Format it with
+    ``TRAINING_SUMMARY_FORMAT``."""
     import pandas as pd
 
     rows = {}
@@ -247,16 +248,19 @@ def training_summary(runs: dict[str, ModelRun]):
         steps = st.get("step") or 0
         per_step = st["elapsed_s"] / steps if steps and st.get("elapsed_s") is not None else float("nan")
         ips = [row["images_per_s"] for row in log if "images_per_s" in row]
-        rows[r.label] = {"objective": r.run.config.objective, "width": r.run.config.width, "steps": steps,
-                         "epochs": st.get("epochs"), "train images": st.get("train_images"),
+        rows[r.label] = {"objective": r.run.config.objective, "steps": steps, "epochs": st.get("epochs"),
                          "wall time (s)": st.get("elapsed_s"), "ms / step": 1000 * per_step,
-                         "images / s (median)": sorted(ips)[len(ips) // 2] if ips else float("nan"),
-                         "device": st.get("device")}
+                         "images / s": sorted(ips)[len(ips) // 2] if ips else float("nan")}
     df = pd.DataFrame.from_dict(rows, orient="index")
     ref = model_label("gradresnet-ce")
     if ref in df.index:
-        df["step cost vs GradResNet-CE"] = df["ms / step"] / df.loc[ref, "ms / step"]
+        df["step cost ÷ CE step"] = df["ms / step"] / df.loc[ref, "ms / step"]
     return df
+
+
+#: number formats of the ``training_summary`` columns, for ``DataFrame.style.format``
+TRAINING_SUMMARY_FORMAT = {"epochs": "{:.2f}", "wall time (s)": "{:.1f}", "ms / step": "{:.0f}",
+                           "images / s": "{:.1f}", "step cost ÷ CE step": "{:.2f}"}
 
 
 def headline_rows(runs: dict[str, ModelRun], dataset: str, sigma: float = 0.1) -> list[dict]:
@@ -386,7 +390,7 @@ def published_references():
     return pd.DataFrame([{k: r[k] for k in ("model", "cifar10_accuracy", "source")} for r in PUBLISHED_REFERENCES])
 
 
-__all__ = ["PUBLISHED_REFERENCES", "MODEL_LABELS", "ModelRun", "chapter_runs", "classification_table",
+__all__ = ["PUBLISHED_REFERENCES", "MODEL_LABELS", "TRAINING_SUMMARY_FORMAT", "ModelRun", "chapter_runs", "classification_table",
            "committed_results", "data_source", "denoising_table", "device_description", "git_commit",
            "headline_rows", "load_result", "model_label", "nlmeans_denoiser", "photo", "provenance", "provenance_box", "provenance_markdown",
            "psnr_curves", "published_references", "tile", "training_summary", "untile"]
