@@ -357,9 +357,9 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
     ``chapters``: None for every chapter, or names (``02_classification``, ``classification`` or
     ``02``) to rerun only those; the other chapters are reused when fresh (same profile, data_dir,
     seed, chapter and package source) and re-executed otherwise. ``data_dir`` and ``seed`` are passed
-    to every chapter (papermill parameters). A chapter that raises stops the build with a
-    ``ChapterError`` naming the chapter and the cell; nothing is rendered then. Wall times go to
-    ``<build_dir>/timings.json``.
+    to every chapter (papermill parameters). The HTML of an earlier build is deleted first; a chapter
+    that raises stops the build with a ``ChapterError`` naming the chapter and the cell, and nothing
+    is rendered then. Wall times go to ``<build_dir>/timings.json``.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
@@ -377,6 +377,10 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
                "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "chapters": {}}
     timings_path = build_dir / "timings.json"
     timings_path.unlink(missing_ok=True)
+    # the HTML of an earlier build goes first: a build that fails leaves no book that looks fresh
+    for old in (build_dir / "html", build_dir / "source"):
+        if old.exists():
+            shutil.rmtree(old)
 
     def write_timings():
         tmp = timings_path.with_suffix(".json.tmp")

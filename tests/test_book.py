@@ -226,6 +226,8 @@ def test_failing_chapter_names_chapter_and_cell_and_is_not_rendered(tiny_book):
     # a stale executed copy from an earlier build must disappear, not be rendered
     (build / "chapters").mkdir(parents=True)
     (build / "chapters" / "01_beta.ipynb").write_text("{}")
+    (build / "html").mkdir()
+    (build / "html" / "index.html").write_text("an earlier book")
     with pytest.raises(book.ChapterError) as info:
         book.build_book("smoke", build_dir=build)
     err = info.value
