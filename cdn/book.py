@@ -137,10 +137,12 @@ def _sha256_bytes(*chunks: bytes) -> str:
 
 
 def package_fingerprint() -> str:
-    """A hash of the source of the ``cdn`` package: an executed chapter made with other package code
+    """A hash of the source of the ``cdn`` package that chapters run (every module but the build
+    machinery itself: book.py, cli.py, __main__.py): an executed chapter made with other package code
     is stale."""
     pkg = Path(__file__).resolve().parent
-    files = sorted(pkg.rglob("*.py"))
+    skip = {"book.py", "cli.py", "__main__.py"}
+    files = sorted(f for f in pkg.rglob("*.py") if not (f.parent == pkg and f.name in skip))
     return _sha256_bytes(*(f.relative_to(pkg).as_posix().encode() + f.read_bytes() for f in files))[:16]
 
 
@@ -174,12 +176,19 @@ def install_kernel(kernels_root: str | Path) -> str:
 
 @contextlib.contextmanager
 def _kernel_env(kernels_root: Path):
-    """Put ``kernels_root`` first on ``JUPYTER_PATH`` for the duration of the block."""
+    """Put ``kernels_root`` first on ``JUPYTER_PATH`` for the duration of the block, with papermill's
+    per-notebook INFO messages silenced (``build_book`` prints its own progress)."""
+    import logging
+
     old = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = str(kernels_root) + (os.pathsep + old if old else "")
+    pm_log = logging.getLogger("papermill")
+    old_level = pm_log.level
+    pm_log.setLevel(max(old_level, logging.WARNING))
     try:
         yield
     finally:
+        pm_log.setLevel(old_level)
         if old is None:
             os.environ.pop("JUPYTER_PATH", None)
         else:

@@ -144,6 +144,7 @@ class ModelRun:
 
     @property
     def label(self) -> str:
+        """The model's display name (``model_label``)."""
         return model_label(self.model)
 
     def metrics(self) -> dict:
