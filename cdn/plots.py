@@ -32,7 +32,7 @@ _FIXED = [
     ("resnet18", "#D55E00"),
     ("UNet", "#000000"),
     ("unet", "#000000"),
-    ("NL-means", "#7F7F7F"),
+    ("NL-means", "#8C564B"),
     ("gradresnet", "#0072B2"),
 ]
 
