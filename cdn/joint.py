@@ -56,6 +56,11 @@ def check_image(y: torch.Tensor, name: str = "y") -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors (bf16 autocast), unchanged otherwise (float64 stays)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _expand(sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return sigma.view(-1, *([1] * (y.ndim - 1)))
 
@@ -94,11 +99,11 @@ class JointModel(nn.Module):
 
     def classify(self, y: torch.Tensor, sigma=None) -> torch.Tensor:
         """``log p(c | y) = log_softmax(f(y))``, shape (B, C)."""
-        return torch.log_softmax(self.logits(y, sigma).float(), dim=-1)
+        return torch.log_softmax(upcast(self.logits(y, sigma)), dim=-1)
 
     def log_marginal(self, y: torch.Tensor, sigma=None) -> torch.Tensor:
         """``log p(y) = logsumexp_c f(y)_c`` (up to a constant in y), shape (B,)."""
-        return torch.logsumexp(self.logits(y, sigma).float(), dim=-1)
+        return torch.logsumexp(upcast(self.logits(y, sigma)), dim=-1)
 
     def logits_and_score(self, y: torch.Tensor, sigma=None, c: torch.Tensor | None = None,
                          create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,9 +125,9 @@ class JointModel(nn.Module):
                 n_classes = logits.shape[1]
                 if (c < 0).any() or (c >= n_classes).any():
                     raise ValueError(f"c must hold class indices in [0, {n_classes - 1}], got {c.tolist()[:8]}")
-                energy = logits.float().gather(1, c.long().view(-1, 1)).sum()
+                energy = upcast(logits).gather(1, c.long().view(-1, 1)).sum()
             else:
-                energy = torch.logsumexp(logits.float(), dim=-1).sum()
+                energy = torch.logsumexp(upcast(logits), dim=-1).sum()
             (score,) = torch.autograd.grad(energy, y_in, create_graph=create_graph)
         if not create_graph:
             logits, score = logits.detach(), score.detach()

@@ -28,6 +28,7 @@ MODELS: dict[str, tuple[str, str, bool]] = {
     "gradresnet-relu": ("gradresnet-relu", "joint", False),          # ablations
     "gradresnet-batchnorm": ("gradresnet-batchnorm", "joint", False),
     "gradresnet-noside": ("gradresnet-noside", "joint", False),
+    "gradresnet-nologenergy": ("gradresnet-nologenergy", "joint", False),
 }
 
 

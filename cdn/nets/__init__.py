@@ -11,7 +11,7 @@ from .unet import UNet
 __all__ = ["GradResNet", "ResNet", "ResNet18", "UNet", "build_net", "ARCHITECTURES"]
 
 ARCHITECTURES = ("gradresnet", "resnet18", "unet", "gradresnet-relu", "gradresnet-batchnorm",
-                 "gradresnet-noside")
+                 "gradresnet-noside", "gradresnet-nologenergy")
 
 
 def build_net(arch: str, num_classes: int, in_channels: int, width: int,
@@ -25,6 +25,8 @@ def build_net(arch: str, num_classes: int, in_channels: int, width: int,
         return GradResNet(num_classes, in_channels, width, False, norm="batch")
     if arch == "gradresnet-noside":
         return GradResNet(num_classes, in_channels, width, noise_conditioning, side_connections=False)
+    if arch == "gradresnet-nologenergy":
+        return GradResNet(num_classes, in_channels, width, noise_conditioning, log_energy=False)
     if arch == "resnet18":
         return ResNet18(num_classes, in_channels, width)
     if arch == "unet":

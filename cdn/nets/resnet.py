@@ -9,6 +9,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ..joint import upcast
 from torch import nn
 
 SIGMA_EMBED_DIM = 16
@@ -48,7 +50,7 @@ class ScaleGroupNorm(nn.Module):
         if self.cond is not None:
             if emb is None:
                 raise ValueError("this network is noise-conditioned: call it as net(y, sigma)")
-            gain = gain * (1 + self.cond(emb))
+            gain = gain * (1 + self.cond(emb.to(self.cond.weight.dtype)))
         return h * gain[:, :, None, None].to(h.dtype)
 
 
@@ -101,8 +103,30 @@ class BasicBlock(nn.Module):
         return self.act(out + skip)
 
 
+class PreActBlock(nn.Module):
+    """Pre-activation block ``h + conv2(act(norm2(conv1(act(norm1(h))))))`` with a linear (1x1 conv)
+    shortcut when the shape changes. Normalisation stays inside the branch, so the residual stream
+    keeps the scale of the input: a network of such blocks is not invariant to ``y -> a y`` (which
+    would force ``<D(y) - y, y> = 0`` and cripple the denoiser)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, act: str, bias: bool, cond: bool):
+        super().__init__()
+        self.norm1 = make_norm(norm, cin, cond)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
+        self.norm2 = make_norm(norm, cout, cond)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
+        self.act = make_activation(act)
+        self.shortcut_conv = nn.Conv2d(cin, cout, 1, stride, bias=bias) if stride != 1 or cin != cout else None
+
+    def forward(self, h, emb=None):
+        out = self.conv1(self.act(self.norm1(h, emb)))
+        out = self.conv2(self.act(self.norm2(out, emb)))
+        return out + (h if self.shortcut_conv is None else self.shortcut_conv(h))
+
+
 class ResNet(nn.Module):
-    """CIFAR ResNet-18 with switches: ``norm`` ('batch' | 'group' = shift-free GroupNorm),
+    """CIFAR ResNet-18 with switches: ``preact`` (pre-activation blocks, He et al. 2016, with
+    the stream kept un-normalised), ``norm`` ('batch' | 'group' = shift-free GroupNorm),
     ``activation`` ('relu' | 'gelu' | 'softplus'), ``bias``, ``side_connections`` (each stage's
     globally averaged features mapped linearly into the final features), ``noise_conditioning``
     (the GroupNorm gains depend on log sigma). Works on any image size >= 8x8."""
@@ -110,7 +134,7 @@ class ResNet(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64, *,
                  norm: str = "batch", activation: str = "relu", bias: bool = True,
                  side_connections: bool = False, noise_conditioning: bool = False,
-                 blocks_per_stage: int = 2):
+                 preact: bool = False, log_energy: bool = False, blocks_per_stage: int = 2):
         super().__init__()
         if width < 1 or num_classes < 2 or in_channels < 1:
             raise ValueError(f"need width >= 1, num_classes >= 2, in_channels >= 1; got "
@@ -118,12 +142,17 @@ class ResNet(nn.Module):
         self.num_classes, self.in_channels, self.width = num_classes, in_channels, width
         self.noise_conditioning = noise_conditioning
         widths = [width, 2 * width, 4 * width, 8 * width]
+        self.preact = preact
         self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=bias)
-        self.stem_norm = make_norm(norm, width, noise_conditioning)
+        self.stem_norm = None if preact else make_norm(norm, width, noise_conditioning)
         self.act = make_activation(activation)
+        block_type = PreActBlock if preact else BasicBlock
+        # pre-activation: each stage is read out through its own norm + activation before pooling
+        self.readout_norms = (nn.ModuleList([make_norm(norm, w, noise_conditioning) for w in widths])
+                              if preact else None)
         stages, cin = [], width
         for i, cout in enumerate(widths):
-            blocks = [BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1,
+            blocks = [block_type(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1,
                                  norm, activation, bias, noise_conditioning) for j in range(blocks_per_stage)]
             stages.append(nn.ModuleList(blocks))
             cin = cout
@@ -131,6 +160,16 @@ class ResNet(nn.Module):
         self.side = (nn.ModuleList([nn.Linear(w, widths[-1], bias=False) for w in widths[:-1]])
                      if side_connections else None)
         self.fc = nn.Linear(widths[-1], num_classes, bias=bias)
+        self.energy_conv = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False) if log_energy else None
+
+    def log_energy(self, y: torch.Tensor) -> torch.Tensor:
+        """The noise-blind energy term ``-(d/2) log(mean(R(y)^2))`` with ``R`` a bias-free 3x3
+        convolution and ``d`` the number of pixel values; shape (B,). Its gradient
+        ``-d R^T R y / ||R y||^2`` is about ``-R^T R y / sigma^2`` when ``R`` passes mostly noise: the
+        1/sigma^2 scale a noise-blind denoiser needs, which a classifier with a normalised,
+        pooled read-out cannot reach in a short training (chapter "GradResNet as a UNet")."""
+        r = self.energy_conv(y)
+        return -0.5 * y[0].numel() * torch.log(upcast(r).pow(2).flatten(1).mean(1) + 1e-8)
 
     def features(self, y: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Final features (B, 8w): pooled last stage plus, with side connections, the linear maps of
@@ -140,12 +179,15 @@ class ResNet(nn.Module):
         if self.noise_conditioning and sigma is None:
             raise ValueError("this network is noise-conditioned: call it as net(y, sigma)")
         emb = sigma_embedding(sigma) if self.noise_conditioning else None
-        h = self.act(self.stem_norm(self.stem(y), emb))
+        h = self.stem(y)
+        if self.stem_norm is not None:
+            h = self.act(self.stem_norm(h, emb))
         pooled = []
-        for stage in self.stages:
+        for s, stage in enumerate(self.stages):
             for block in stage:
                 h = block(h, emb)
-            pooled.append(h.mean(dim=(2, 3)))
+            read = h if self.readout_norms is None else self.act(self.readout_norms[s](h, emb))
+            pooled.append(read.mean(dim=(2, 3)))
         feats = pooled[-1]
         if self.side is not None:
             for lin, p in zip(self.side, pooled[:-1]):
@@ -153,7 +195,10 @@ class ResNet(nn.Module):
         return feats
 
     def forward(self, y: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fc(self.features(y, sigma))
+        logits = self.fc(self.features(y, sigma))
+        if self.energy_conv is not None:  # the same for every class: p(c | y) is unchanged
+            logits = logits + self.log_energy(y)[:, None].to(logits.dtype)
+        return logits
 
 
 def ResNet18(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> ResNet:

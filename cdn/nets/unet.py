@@ -1,31 +1,31 @@
 """The denoise-only baseline: a bias-free UNet trained with MSE (Mohan et al., 2020, "bias-free
-CNNs"), chapter "Denoising". ``forward(y) = D(y)``, predicted as ``y`` minus a residual."""
+CNNs"), chapter "Denoising". ``forward(y) = D(y)``, predicted as ``y`` minus a residual.
+
+It has no normalisation layer: a per-image normalisation (GroupNorm) would make the residual
+invariant to ``y -> a y``; without it the network is exactly homogeneous, ``D(a y) = a D(y)`` for
+``a > 0`` (convolutions without bias, ReLU, average pooling), as a bias-free denoiser should be."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .resnet import ScaleGroupNorm
-
 
 class _ConvBlock(nn.Module):
-    """Two (conv 3x3 without bias, shift-free GroupNorm, ReLU) layers."""
+    """Two (conv 3x3 without bias, ReLU) layers."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.c1, self.n1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False), ScaleGroupNorm(cout)
-        self.c2, self.n2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), ScaleGroupNorm(cout)
+        self.c1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
 
     def forward(self, h):
-        h = F.relu(self.n1(self.c1(h)))
-        return F.relu(self.n2(self.c2(h)))
+        return F.relu(self.c2(F.relu(self.c1(h))))
 
 
 class UNet(nn.Module):
-    """Bias-free UNet with ``depth`` down/up levels and widths ``width * 2**k``; a homogeneous map
-    (``D(a y) = a D(y)`` for ``a > 0``) because it has no bias and ReLU/GroupNorm commute with
-    positive scaling. Input sizes must be divisible by ``2**depth``."""
+    """Bias-free UNet with ``depth`` down/up levels and widths ``width * 2**k``; homogeneous,
+    ``D(a y) = a D(y)`` for ``a > 0``. Input sizes must be divisible by ``2**depth``."""
 
     is_denoiser = True
     noise_conditioning = False

@@ -1,0 +1,238 @@
+"""The command line ``cdn``: train, eval, denoise, classify, book, bench.
+
+    cdn train --profile quick --model gradresnet [--dataset cifar10] [--set lam=0.5] [--dry-run]
+    cdn eval RUN_DIR
+    cdn denoise IMAGE --run RUN_DIR --sigma 0.1 [--class 3] [--out DIR]
+    cdn classify IMAGE --run RUN_DIR [--sigma 0]
+    cdn book --profile quick [--chapter NAME ...]
+    cdn bench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+MAX_IMAGE_SIDE = 4096
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    """``["lam=0.5", "width=32"]`` -> ``{"lam": 0.5, "width": 32}`` (values parsed as JSON, else str)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_train(args) -> int:
+    from .profiles import get_config
+    from .runs import get_or_train, resolve_data, runs_root
+
+    overrides = _parse_overrides(args.set)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    config = get_config(args.profile, args.model, args.dataset, **overrides)
+    if args.dry_run:
+        print(json.dumps(config.to_dict(), indent=1))
+        print(f"run directory: {runs_root(args.runs) / config.run_name()}")
+        return 0
+    data = resolve_data(config, args.data_dir)
+    print(f"[cdn] data: {data.source} ({len(data.train)} train, {len(data.test)} test)")
+    run = get_or_train(config, data=data, root=args.runs, device=args.device, progress=not args.no_progress)
+    print(f"[cdn] run: {run.dir}")
+    metrics = run.metrics(data.test)
+    _print_metrics(metrics)
+    return 0
+
+
+def _print_metrics(m: dict) -> None:
+    print(f"[cdn] {m['run']}: {m.get('steps')} steps, {m.get('epochs')} epochs, {m.get('train_time_s')} s")
+    for row in m.get("classification", []):
+        print(f"  sigma={row['sigma']:<5} accuracy={row['accuracy']:.4f} nll={row['nll']:.3f} ece={row['ece']:.3f}")
+    for row in m.get("denoising", []):
+        psnrs = " ".join(f"{k}={v:.2f}" for k, v in row.items() if k != "sigma")
+        print(f"  sigma={row['sigma']:<5} PSNR dB: {psnrs}")
+
+
+def cmd_eval(args) -> int:
+    from .runs import load_run, resolve_data
+
+    run = load_run(args.run, args.device)
+    data = resolve_data(run.config, args.data_dir)
+    _print_metrics(run.metrics(data.test))
+    print(f"[cdn] wrote {run.dir / 'metrics.json'}")
+    return 0
+
+
+def load_image(path: str | Path, in_channels: int, size: int):
+    """Read an image file as a (1, C, size, size) float tensor in [0, 1]; clear errors for files that
+    are not images, have absurd sizes, or cannot be matched to the model's channels."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IMAGE {str(path)!r} does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"IMAGE {str(path)!r} is not an image file PIL can read: {err}") from err
+    if max(img.size) > MAX_IMAGE_SIDE or min(img.size) < 1:
+        raise ValueError(f"IMAGE {str(path)!r} has size {img.size}; expected sides between 1 and {MAX_IMAGE_SIDE}")
+    img = img.convert("L" if in_channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 255
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())[None]
+
+
+def _save_png(t, path: Path) -> None:
+    from PIL import Image
+
+    arr = (t[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
+
+
+def cmd_denoise(args) -> int:
+    import torch
+
+    from .runs import load_run
+
+    if args.sigma < 0:
+        raise ValueError(f"--sigma must be >= 0, got {args.sigma}")
+    run = load_run(args.run, args.device)
+    if run.config.objective not in ("joint", "mse"):
+        raise ValueError(f"run {run.name} is a classifier ({run.config.model}); denoise needs a joint or UNet run")
+    x = load_image(args.image, run.state["in_channels"], run.state["image_size"]).to(next(run.net.parameters()).device)
+    g = torch.Generator().manual_seed(args.seed)
+    y = x + args.sigma * torch.randn(x.shape, generator=g).to(x.device)
+    if run.config.objective == "mse":
+        with torch.no_grad():
+            d = run.net(y)
+    else:
+        c = None
+        if args.cls is not None:
+            classes = run.state["classes"]
+            if not 0 <= args.cls < len(classes):
+                raise ValueError(f"--class must be in [0, {len(classes) - 1}], got {args.cls}")
+            c = torch.tensor([args.cls], device=x.device)
+        d = run.model.denoise(y, args.sigma, c)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.image).stem
+    _save_png(y, out / f"{stem}-noisy-{args.sigma}.png")
+    _save_png(d, out / f"{stem}-denoised-{args.sigma}.png")
+    print(f"[cdn] wrote {out / f'{stem}-noisy-{args.sigma}.png'} and {out / f'{stem}-denoised-{args.sigma}.png'}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from .runs import load_run
+
+    run = load_run(args.run, args.device)
+    if run.config.objective == "mse":
+        raise ValueError(f"run {run.name} is a denoiser (UNet); classify needs a classifier or joint run")
+    x = load_image(args.image, run.state["in_channels"], run.state["image_size"]).to(next(run.net.parameters()).device)
+    logp = run.model.classify(x, args.sigma)[0].exp()
+    classes = run.state["classes"]
+    for i in logp.argsort(descending=True)[: args.top].tolist():
+        print(f"{classes[i]:<20} {logp[i].item():.4f}")
+    return 0
+
+
+def cmd_book(args) -> int:
+    from .book import build_book
+
+    path = build_book(args.profile, args.chapter, args.data_dir, args.seed)
+    print(f"[cdn] book: {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import runpy
+
+    sys.argv = ["benchmarks"] + args.rest
+    runpy.run_module("benchmarks", run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .profiles import MODELS, PROFILES
+
+    p = argparse.ArgumentParser(prog="cdn", description="Classification-denoising networks: train, evaluate, "
+                                "denoise, classify, build the book.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model in a profile (reuses a finished run of the same config)")
+    t.add_argument("--profile", default="quick", choices=PROFILES, help="smoke (seconds), quick (minutes on CPU), paper (GPU hours)")
+    t.add_argument("--model", default="gradresnet", choices=list(MODELS), help="gradresnet is the joint model; the others are baselines and ablations")
+    t.add_argument("--dataset", default="cifar10", choices=DATASETS, help="training data (default cifar10)")
+    t.add_argument("--data-dir", default=None, help="folder or .tar.gz holding the data (default: $CDN_DATA, then ../shared/data)")
+    t.add_argument("--runs", default=None, help="root of the run directories (default: $CDN_RUNS or ./runs)")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override configuration fields, e.g. --set lam=0.5 steps=100")
+    t.add_argument("--seed", type=int, default=None, help="random seed (default: the profile's, 0)")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory, train nothing")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a finished run on its test set; writes metrics.json")
+    e.add_argument("run", help="a run directory (runs/<name>-<hash>)")
+    e.add_argument("--data-dir", default=None, help="folder or .tar.gz holding the data")
+    e.add_argument("--device", default=None, help="cpu or cuda")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("denoise", help="add noise of level sigma to an image and denoise it; writes two PNGs")
+    d.add_argument("image", help="an image file (PNG, JPEG); resized to the model's image size")
+    d.add_argument("--run", required=True, help="a finished joint (gradresnet) or unet run directory")
+    d.add_argument("--sigma", type=float, required=True, help="noise standard deviation on the [0, 1] pixel scale")
+    d.add_argument("--class", dest="cls", type=int, default=None, help="class index for the conditional denoiser D(y, c)")
+    d.add_argument("--out", default=".", help="output folder (default: current folder)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the added noise")
+    d.add_argument("--device", default=None, help="cpu or cuda")
+    d.set_defaults(func=cmd_denoise)
+
+    c = sub.add_parser("classify", help="print the most probable classes of an image")
+    c.add_argument("image", help="an image file (PNG, JPEG); resized to the model's image size")
+    c.add_argument("--run", required=True, help="a finished classifier or joint run directory")
+    c.add_argument("--sigma", type=float, default=0.0, help="noise level of the image, for noise-conditioned models")
+    c.add_argument("--top", type=int, default=5, help="how many classes to print")
+    c.add_argument("--device", default=None, help="cpu or cuda")
+    c.set_defaults(func=cmd_classify)
+
+    b = sub.add_parser("book", help="execute the chapters with papermill and build the HTML book")
+    b.add_argument("--profile", default="quick", choices=PROFILES, help="profile the chapters run in")
+    b.add_argument("--chapter", nargs="*", default=None, help="rerun only these chapters (by name)")
+    b.add_argument("--data-dir", default=None, help="folder holding the data")
+    b.add_argument("--seed", type=int, default=0, help="seed passed to every chapter")
+    b.set_defaults(func=cmd_book)
+
+    be = sub.add_parser("bench", help="speed and memory benchmarks (see benchmarks/)")
+    be.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmarks")
+    be.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[cdn] %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"cdn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

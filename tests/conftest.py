@@ -1,0 +1,13 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runs(tmp_path, monkeypatch):
+    """Every test writes its runs under its own temporary folder."""
+    monkeypatch.setenv("CDN_RUNS", str(tmp_path / "runs"))
+    yield
