@@ -116,6 +116,15 @@ def cache_dir() -> Path:
     return d
 
 
+def _explicit_path(data_dir) -> Path | None:
+    if data_dir is None:
+        return None
+    p = Path(data_dir).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"data_dir {str(p)!r} does not exist; expected a folder or a .tar.gz holding the data")
+    return p
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -231,7 +240,7 @@ def load_cifar10(split: str, data_dir=None, download: bool = False) -> ImageData
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     looked = []
-    explicit = Path(data_dir).expanduser() if data_dir is not None else None
+    explicit = _explicit_path(data_dir)
     if explicit is not None and explicit.is_file():
         arrays = _cached(explicit, "cifar10-jpeg", lambda p: _imagefolder_tar(p, CIFAR10_CLASSES))
         return _from_arrays(arrays, split, "cifar10", f"CIFAR-10 JPEG copy ({explicit})")
@@ -278,7 +287,7 @@ def load_tiny_imagenet(split: str, data_dir=None) -> ImageDataset:
     """The Tiny ImageNet subset (64x64, 202 classes): ``split`` 'train' or 'test' (its val set)."""
     if split not in ("train", "test", "val"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    explicit = Path(data_dir).expanduser() if data_dir is not None else None
+    explicit = _explicit_path(data_dir)
     if explicit is not None and explicit.is_file():
         return _from_arrays(_cached(explicit, "tiny-imagenet", _tiny_imagenet_tar), split, "tiny-imagenet",
                             f"Tiny ImageNet subset ({explicit})")
@@ -343,6 +352,7 @@ def load(name: str, split: str = "train", data_dir=None, size: int | None = None
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    _explicit_path(data_dir)  # a path the user gave that does not exist is an error, never a fallback
     try:
         if name == "cifar10":
             ds = load_cifar10(split, data_dir, download)

@@ -15,6 +15,9 @@ from .data import DATASETS
 from .nets import ARCHITECTURES
 
 PROFILES = ("smoke", "quick", "paper")
+#: bumped whenever a change to the networks or the training loop makes old runs incomparable;
+#: part of every run's hash, so such a change never reuses a stale run
+CODE_VERSION = 2
 OBJECTIVES = ("joint", "ce", "ce_noise", "mse")
 
 #: model name -> (architecture, objective, noise_conditioning)
@@ -90,7 +93,7 @@ class Config:
 
     def key(self) -> str:
         """A short hash of the whole configuration (sorted JSON): equal iff the configs are equal."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        text = json.dumps({**self.to_dict(), "code_version": CODE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def run_name(self) -> str:

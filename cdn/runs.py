@@ -119,7 +119,8 @@ def get_or_train(config: Config, data: Data | None = None, data_dir=None, root=N
                  progress: bool | None = None) -> Run:
     """The run of ``config``: loaded when finished, resumed when interrupted, trained otherwise."""
     data = data or resolve_data(config, data_dir)
-    config = data.config
+    if data.config.dataset != config.dataset:  # the data fell back (e.g. to digits): key the run by it
+        config = dataclasses.replace(config, dataset=data.config.dataset)
     run_dir = runs_root(root) / config.run_name()
     state_path = run_dir / "state.json"
     if state_path.exists() and json.loads(state_path.read_text()).get("finished"):

@@ -1,0 +1,81 @@
+"""Losses: sigma sampling, the DSM identity, and the joint objective's terms."""
+import math
+
+import pytest
+import torch
+
+from cdn.joint import JointModel
+from cdn.losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler, add_noise, dsm_per_image
+from cdn.mixture import MixtureLogits, two_moons_like_mixture
+from cdn.nets import GradResNet, UNet
+
+
+def test_log_uniform_sampler_range_and_median():
+    s = SigmaSampler(1e-3, 1.0)(200_000, torch.Generator().manual_seed(0))
+    assert s.min() >= 1e-3 and s.max() <= 1.0
+    # log-uniform: log sigma is uniform, its median is the geometric mean
+    assert abs(s.median().item() - math.sqrt(1e-3)) / math.sqrt(1e-3) < 0.05
+
+
+def test_clean_fraction():
+    s = SigmaSampler(0.01, 1.0, clean_fraction=0.25)(100_000, torch.Generator().manual_seed(0))
+    assert abs((s == 0).float().mean().item() - 0.25) < 0.01
+
+
+@pytest.mark.parametrize("kw", [dict(sigma_min=0), dict(sigma_min=2, sigma_max=1), dict(distribution="beta"),
+                                dict(clean_fraction=1.0)])
+def test_sampler_rejects_bad_settings(kw):
+    with pytest.raises(ValueError):
+        SigmaSampler(**kw)
+
+
+def test_dsm_equals_weighted_denoising_error():
+    """||sigma * score + eps||^2 = ||D(y) - x||^2 / sigma^2 for D(y) = y + sigma^2 score."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.05, 0.1, 0.5, 1.0], dtype=torch.float64)
+    y, eps = add_noise(x, sigma, g)
+    score = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    d = y + sigma.view(-1, 1, 1, 1) ** 2 * score
+    expected = ((d - x) ** 2).flatten(1).mean(1) / sigma ** 2
+    assert torch.allclose(dsm_per_image(score, eps, sigma), expected, atol=1e-12)
+    assert torch.allclose(dsm_per_image(score, eps, sigma, "none"), expected * sigma ** 2, atol=1e-12)
+
+
+def test_dsm_is_minimised_by_the_exact_score():
+    """On a Gaussian mixture the exact model's DSM loss is below a perturbed model's."""
+    mix = two_moons_like_mixture()
+    exact = JointModel(MixtureLogits(mix))
+    g = torch.Generator().manual_seed(0)
+    x, c = mix.sample(4000, g)
+    loss_fn = JointLoss(SigmaSampler(0.1, 1.0), lam=1.0)
+    _, t_exact = loss_fn(exact, x, c, torch.Generator().manual_seed(1))
+    wrong = JointModel(MixtureLogits(type(mix)(mix.means * 1.3, mix.covs, mix.weights)))
+    _, t_wrong = loss_fn(wrong, x, c, torch.Generator().manual_seed(1))
+    assert t_exact["dsm"] < t_wrong["dsm"]
+
+
+def test_joint_loss_terms_and_gradients():
+    torch.manual_seed(0)
+    net = GradResNet(4, 3, 4)
+    model = JointModel(net)
+    x, c = torch.rand(8, 3, 16, 16), torch.randint(0, 4, (8,))
+    for kw in (dict(), dict(dsm_conditional=True), dict(ce_on="both"), dict(ce_on="clean"),
+               dict(sampler=SigmaSampler(clean_fraction=0.5))):
+        loss, terms = JointLoss(**kw)(model, x, c, torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss) and set(terms) == {"ce", "dsm", "acc"}
+        assert torch.allclose(loss, terms["ce"] + terms["dsm"])
+        net.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in net.parameters())
+    with pytest.raises(ValueError):
+        JointLoss(ce_on="sometimes")
+
+
+def test_baseline_losses():
+    torch.manual_seed(0)
+    x, c = torch.rand(8, 3, 16, 16), torch.randint(0, 4, (8,))
+    loss, terms = CrossEntropyLoss(SigmaSampler(0.01, 0.5, "uniform"))(JointModel(GradResNet(4, 3, 4)), x, c)
+    assert torch.isfinite(loss) and "acc" in terms
+    loss, terms = DenoisingMSELoss()(UNet(3, 4), x)
+    assert torch.isfinite(loss) and loss > 0

@@ -1,0 +1,126 @@
+"""Training: the joint objective learns both tasks; resume is exact; checkpoints are safe."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cdn.checkpoint import CheckpointError, load_tensors
+from cdn.evaluate import classification_vs_sigma, joint_denoisers, psnr_vs_sigma
+from cdn.profiles import get_config
+from cdn.runs import get_or_train, load_run, resolve_data
+from cdn.train import lr_at, read_log, train
+
+
+def _cfg(**kw):
+    base = dict(width=8, steps=200, batch_size=32, lr=2e-3, warmup_steps=20, train_size=1024, test_size=256,
+                checkpoint_every=100, log_every=20)
+    base.update(kw)
+    return get_config("smoke", "gradresnet", "synthetic", **base)
+
+
+@pytest.mark.slow
+def test_joint_training_learns_to_classify_and_denoise(tmp_path):
+    config = _cfg()
+    data = resolve_data(config)
+    run = get_or_train(config, data=data, root=tmp_path, device="cpu", progress=False)
+    log = run.log()
+    first, last = log[0], log[-1]
+    assert last["ce"] < first["ce"] and last["dsm"] < first["dsm"]
+    acc = classification_vs_sigma(run.model, data.test, (0.0,), device="cpu")[0]["accuracy"]
+    assert acc > 1.5 / data.test.num_classes  # well above chance (0.25)
+    rows = psnr_vs_sigma(joint_denoisers(run.model, data.test.num_classes), data.test, (0.1,), device="cpu")
+    assert rows[0]["D(y)"] - rows[0]["noisy"] > 0.0
+    assert rows[0]["D(y,c)"] - rows[0]["noisy"] > 0.0
+
+
+def test_resume_is_exact(tmp_path):
+    config = _cfg(steps=12, checkpoint_every=4, log_every=2, train_size=128)
+    data = resolve_data(config)
+    train(config, tmp_path / "once", data.train, device="cpu", progress=False)
+    state = train(config, tmp_path / "twice", data.train, device="cpu", progress=False, stop_after=6)
+    assert not state["finished"] and not (tmp_path / "twice" / "model.safetensors").exists()
+    train(config, tmp_path / "twice", data.train, device="cpu", progress=False)
+    a = load_file(str(tmp_path / "once" / "model.safetensors"))
+    b = load_file(str(tmp_path / "twice" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the log of the resumed run has the same steps and losses
+    la, lb = read_log(tmp_path / "once"), read_log(tmp_path / "twice")
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-6)
+
+
+def test_resume_with_batchnorm_baseline_is_exact(tmp_path):
+    config = get_config("smoke", "resnet18-noise", "synthetic", steps=8, checkpoint_every=3, train_size=128)
+    data = resolve_data(config)
+    train(config, tmp_path / "once", data.train, device="cpu", progress=False)
+    train(config, tmp_path / "twice", data.train, device="cpu", progress=False, stop_after=5)
+    train(config, tmp_path / "twice", data.train, device="cpu", progress=False)
+    a = load_file(str(tmp_path / "once" / "model.safetensors"))
+    b = load_file(str(tmp_path / "twice" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finished_run_is_reused_and_other_config_is_not(tmp_path):
+    config = _cfg(steps=4, train_size=64, checkpoint_every=2)
+    data = resolve_data(config)
+    run = get_or_train(config, data=data, root=tmp_path, device="cpu", progress=False)
+    mtime = (run.dir / "model.safetensors").stat().st_mtime_ns
+    again = get_or_train(config, data=data, root=tmp_path, device="cpu", progress=False)
+    assert again.dir == run.dir and (again.dir / "model.safetensors").stat().st_mtime_ns == mtime
+    other = get_or_train(_cfg(steps=4, train_size=64, checkpoint_every=2, lam=0.5), data=data, root=tmp_path,
+                         device="cpu", progress=False)
+    assert other.dir != run.dir
+    assert json.loads((other.dir / "config.json").read_text())["lam"] == 0.5
+
+
+def test_corrupted_checkpoint_falls_back_to_previous(tmp_path):
+    config = _cfg(steps=6, checkpoint_every=2, train_size=64)
+    data = resolve_data(config)
+    train(config, tmp_path, data.train, device="cpu", progress=False, stop_after=4)
+    newest = tmp_path / "ckpt" / "step-00000004.safetensors"
+    raw = bytearray(newest.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + 16] = bytes(b ^ 0xFF for b in raw[mid:mid + 16])
+    newest.write_bytes(bytes(raw))
+    msgs = []
+    from cdn.checkpoint import latest_training_checkpoint
+
+    found = latest_training_checkpoint(tmp_path / "ckpt", log=msgs.append)
+    assert found is not None and found[1]["step"] == 2
+    assert msgs and "corrupted" in msgs[0]
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "model.safetensors"
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        load_tensors(path)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    config = _cfg(steps=2, train_size=64, checkpoint_every=2)
+    data = resolve_data(config)
+    run = get_or_train(config, data=data, root=tmp_path, device="cpu", progress=False)
+    cfg = json.loads((run.dir / "config.json").read_text())
+    cfg["width"] = 16
+    (run.dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_run(run.dir, "cpu")
+
+
+def test_non_finite_loss_stops_with_clear_message(tmp_path):
+    config = _cfg(steps=4, train_size=64, lr=1e30, checkpoint_every=1, warmup_steps=1)
+    data = resolve_data(config)
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        train(config, tmp_path, data.train, device="cpu", progress=False)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    config = _cfg(steps=100, warmup_steps=10, lr=1.0)
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(9, config) == pytest.approx(1.0)
+    assert lr_at(55, config) == pytest.approx(0.5)
+    assert lr_at(99, config) < 0.01
