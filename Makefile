@@ -1,0 +1,41 @@
+# The commands the README shows. `make setup` once, then `make test` or `make book`.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= quick
+# torch is pinned to what this project is tested with; on a GPU machine set TORCH_SPEC to your build
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup chromium test test-fast book bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[book,dev]"
+	touch $@
+
+# headless Chromium for the rendered-book test (Debian's package)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# the whole suite, the smoke build of the book included (about 10 minutes on 2 cores)
+test: setup chromium
+	$(PY) -m pytest -q
+
+# everything but the book build and the slow training test
+test-fast: setup
+	$(PY) -m pytest -q -m "not book and not slow"
+
+# execute every chapter with papermill in PROFILE (smoke | quick | paper) and build the HTML
+book: setup
+	$(PY) -m cdn book --profile $(PROFILE)
+	@echo "open book/_build/html/index.html"
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf book/_build artifacts .pytest_cache

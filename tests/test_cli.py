@@ -1,0 +1,71 @@
+"""The command line: dry run, train, eval, denoise, classify, help and clear errors."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cdn.cli import build_parser, main
+
+
+def test_every_command_has_help(capsys):
+    for cmd in ("train", "eval", "denoise", "classify", "book", "bench"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--dry-run" in out and "--sigma" in out and "--class" in out
+
+
+def test_dry_run_prints_resolved_config(capsys, tmp_path):
+    assert main(["train", "--profile", "smoke", "--model", "gradresnet", "--dataset", "synthetic", "--dry-run",
+                 "--set", "lam=0.5", "--runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    cfg = json.loads(out[: out.rindex("}") + 1])
+    assert cfg["lam"] == 0.5 and cfg["profile"] == "smoke"
+    assert not any(tmp_path.iterdir())  # nothing trained
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["train", "--profile", "smoke", "--model", "gradresnet", "--dataset", "synthetic", "--runs", str(root),
+                 "--no-progress", "--device", "cpu"]) == 0
+    (run,) = [p for p in root.iterdir() if p.is_dir()]
+    return run
+
+
+def test_train_eval_denoise_classify(trained, tmp_path, capsys):
+    assert (trained / "metrics.json").exists()
+    assert main(["eval", str(trained), "--device", "cpu"]) == 0
+    img = tmp_path / "grating.png"
+    Image.fromarray((np.random.default_rng(0).random((20, 24, 3)) * 255).astype("uint8")).save(img)
+    assert main(["denoise", str(img), "--run", str(trained), "--sigma", "0.1", "--class", "1", "--out",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 0
+    noisy = Image.open(tmp_path / "out" / "grating-noisy-0.1.png")
+    den = Image.open(tmp_path / "out" / "grating-denoised-0.1.png")
+    assert noisy.size == den.size == (16, 16)
+    capsys.readouterr()
+    assert main(["classify", str(img), "--run", str(trained), "--device", "cpu", "--top", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    probs = [float(line.split()[-1]) for line in lines]
+    assert len(probs) == 2 and probs[0] >= probs[1]
+
+
+def test_clear_errors(trained, tmp_path, capsys):
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("hello")
+    assert main(["denoise", str(bad), "--run", str(trained), "--sigma", "0.1"]) == 2
+    assert "not an image file" in capsys.readouterr().err
+    assert main(["denoise", str(tmp_path / "missing.png"), "--run", str(trained), "--sigma", "0.1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    img = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8)).save(img)
+    assert main(["denoise", str(img), "--run", str(trained), "--sigma", "-1"]) == 2
+    assert "--sigma must be >= 0" in capsys.readouterr().err
+    assert main(["denoise", str(img), "--run", str(trained), "--sigma", "0.1", "--class", "99"]) == 2
+    assert "--class must be in" in capsys.readouterr().err
+    assert main(["classify", str(img), "--run", str(tmp_path)]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--profile", "huge"])
