@@ -10,7 +10,6 @@ keyed by the archive's sha256, and loaded without pickle.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .checkpoint import sha256_file
 
 log = logging.getLogger("cdn.data")
 
@@ -125,14 +126,6 @@ def _explicit_path(data_dir) -> Path | None:
     return p
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _decode(data: bytes, size: int | None = None) -> np.ndarray:
     from PIL import Image
 
@@ -191,7 +184,7 @@ def _stack_folder(per_split, classes):
 
 
 def _cached(archive: Path, kind: str, decoder) -> dict[str, np.ndarray]:
-    key = _sha256(archive)[:16]
+    key = sha256_file(archive)[:16]
     path = cache_dir() / f"{kind}-{key}.npz"
     if path.exists():
         return _load_npz(path)
