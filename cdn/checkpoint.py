@@ -4,7 +4,13 @@ unpickles (chapter "Training the joint model", and every chapter that loads a ru
 A training checkpoint ``ckpt/step-00000200.safetensors`` holds the model, the optimiser state and
 the random-generator states as tensors; its sidecar ``ckpt/step-00000200.json`` holds the step,
 the optimiser's hyper-parameters and the file's sha256. A checkpoint counts only when its sidecar
-exists and the hash matches, so a write killed half-way is never loaded.
+exists and the hash matches, so a write killed half-way is never loaded: the tensors go to
+``step-*.safetensors.tmp`` and are renamed, then the sidecar (written the same way) makes the
+checkpoint count. A kill leaves at worst a ``.tmp`` file or a safetensors file without sidecar,
+both ignored (and the ``.tmp`` removed by ``remove_stale_tmp``), and the previous checkpoint intact.
+
+A data-parallel run stores every rank's generator state (``rng/generator`` for rank 0,
+``rng/generator.R`` for rank R), so each rank resumes its own noise stream.
 """
 from __future__ import annotations
 
@@ -75,8 +81,10 @@ def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
 
 
 def save_training_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                             generator: torch.Generator, extra: dict, keep: int = 2) -> Path:
-    """Write ``step-XXXXXXXX.safetensors`` and its JSON sidecar atomically; keep the last ``keep``."""
+                             generator, extra: dict, keep: int = 2) -> Path:
+    """Write ``step-XXXXXXXX.safetensors`` and its JSON sidecar atomically; keep the last ``keep``.
+    ``generator`` is a ``torch.Generator`` or, for a data-parallel run, the list of every rank's
+    generator state in rank order."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -84,12 +92,15 @@ def save_training_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, 
     for idx, state in opt_state["state"].items():
         for k, v in state.items():
             tensors[f"optim/{idx}/{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-    tensors["rng/generator"] = generator.get_state()
+    states = [generator.get_state()] if isinstance(generator, torch.Generator) else list(generator)
+    for r, st in enumerate(states):
+        tensors["rng/generator" if r == 0 else f"rng/generator.{r}"] = st
     tensors["rng/torch_cpu"] = torch.get_rng_state()
     path = ckpt_dir / f"step-{step:08d}.safetensors"
     digest = atomic_save_tensors(tensors, path, {"format": FORMAT})
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]
-    sidecar = {"format": FORMAT, "step": step, "sha256": digest, "param_groups": groups, **extra}
+    sidecar = {"format": FORMAT, "step": step, "sha256": digest, "param_groups": groups,
+               "world_size": len(states), **extra}
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=1))
     for old in sorted(ckpt_dir.glob("step-*.json"))[:-keep]:
         old.unlink(missing_ok=True)
@@ -112,8 +123,29 @@ def latest_training_checkpoint(ckpt_dir: Path, log=None):
     return None
 
 
-def restore_training_checkpoint(tensors: dict, meta: dict, model, optimizer, generator) -> int:
-    """Load model, optimiser and generator states from a checkpoint; return its step."""
+def load_training_checkpoint(ckpt_dir: Path, step: int):
+    """The checkpoint of ``step`` as ``(tensors, sidecar)``, verified; ``CheckpointError`` otherwise
+    (used by the ranks other than 0, which load the checkpoint rank 0 chose)."""
+    side = Path(ckpt_dir) / f"step-{step:08d}.json"
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint sidecar {str(side)!r} is missing or unreadable: {err}") from err
+    return load_tensors(side.with_suffix(".safetensors"), meta.get("sha256")), meta
+
+
+def remove_stale_tmp(ckpt_dir: Path) -> list[Path]:
+    """Delete the ``*.tmp`` files a killed write left in ``ckpt_dir``; return them."""
+    stale = sorted(Path(ckpt_dir).glob("*.tmp")) if Path(ckpt_dir).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def restore_training_checkpoint(tensors: dict, meta: dict, model, optimizer, generator, rank: int = 0) -> int:
+    """Load model, optimiser and generator states from a checkpoint; return its step. ``rank``
+    picks the generator state of that rank; when the checkpoint has none (it was written by fewer
+    processes) the generator is left as it is and a ``KeyError`` is not raised: the caller reseeds."""
     model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     load_model_state(model, model_state, "training checkpoint")
     state: dict[int, dict] = {}
@@ -125,7 +157,9 @@ def restore_training_checkpoint(tensors: dict, meta: dict, model, optimizer, gen
     for g, saved in zip(groups, meta["param_groups"]):
         g.update(saved)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    generator.set_state(tensors["rng/generator"])
+    key = "rng/generator" if rank == 0 else f"rng/generator.{rank}"
+    if key in tensors:
+        generator.set_state(tensors[key])
     torch.set_rng_state(tensors["rng/torch_cpu"])
     return int(meta["step"])
 

@@ -1,6 +1,7 @@
 """The command line ``cdn``: train, eval, denoise, classify, book, bench.
 
     cdn train --profile quick --model gradresnet [--dataset cifar10] [--set lam=0.5] [--dry-run]
+    torchrun --nproc_per_node=N -m cdn train ...        (data-parallel; see cdn/distributed.py)
     cdn eval RUN_DIR
     cdn denoise IMAGE --run RUN_DIR --sigma 0.1 [--class 3] [--out DIR]
     cdn classify IMAGE --run RUN_DIR [--sigma 0]
@@ -32,8 +33,10 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def cmd_train(args) -> int:
+    import dataclasses
+
     from .profiles import get_config
-    from .runs import get_or_train, resolve_data, runs_root
+    from .runs import load_run, resolve_data, runs_root
 
     overrides = _parse_overrides(args.set)
     if args.seed is not None:
@@ -43,13 +46,39 @@ def cmd_train(args) -> int:
         print(json.dumps(config.to_dict(), indent=1))
         print(f"run directory: {runs_root(args.runs) / config.run_name()}")
         return 0
-    data = resolve_data(config, args.data_dir)
-    print(f"[cdn] data: {data.source} ({len(data.train)} train, {len(data.test)} test)")
-    run = get_or_train(config, data=data, root=args.runs, device=args.device, progress=not args.no_progress)
-    print(f"[cdn] run: {run.dir}")
-    metrics = run.metrics(data.test)
-    _print_metrics(metrics)
-    return 0
+    from . import distributed as D
+
+    device = args.device
+    info = D.DistInfo()
+    if args.distributed or D.launched_by_torchrun():
+        info, device = D.init(args.device)
+    try:
+        data = resolve_data(config, args.data_dir)
+        if data.config.dataset != config.dataset:  # the data fell back (e.g. to digits): key the run by it
+            config = dataclasses.replace(config, dataset=data.config.dataset)
+        if info.is_main:
+            print(f"[cdn] data: {data.source} ({len(data.train)} train, {len(data.test)} test)"
+                  + (f"; {info.world_size} processes" if info.enabled else ""))
+        run_dir = runs_root(args.runs) / config.run_name()
+        state_path = run_dir / "state.json"
+        if not (state_path.exists() and json.loads(state_path.read_text()).get("finished")):
+            from .train import train
+
+            state = train(config, run_dir, data.train, device=device, progress=not args.no_progress)
+            if state.get("preempted"):
+                if info.is_main:
+                    print(f"[cdn] preempted at step {state['step']}; the same command resumes {run_dir}")
+                return 0
+        if not info.is_main:
+            return 0
+        print(f"[cdn] run: {run_dir}")
+        if not args.no_eval:
+            run = load_run(run_dir, device)
+            _print_metrics(run.metrics(data.test))
+        return 0
+    finally:
+        if info.enabled:
+            D.cleanup()
 
 
 def _print_metrics(m: dict) -> None:
@@ -183,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory, train nothing")
+    t.add_argument("--no-eval", action="store_true", help="train only; skip the metrics on the test set")
+    t.add_argument("--distributed", action="store_true", help="data-parallel over torch.distributed from the "
+                   "launcher's RANK/WORLD_SIZE/LOCAL_RANK (implied under torchrun); see cdn/distributed.py")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a finished run on its test set; writes metrics.json")

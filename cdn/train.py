@@ -4,7 +4,9 @@ AdamW (fused on GPU), linear warm-up then cosine decay, gradient clipping, bf16 
 channels_last on GPU, a tqdm bar, a JSON-lines log, atomic checkpoints every
 ``checkpoint_every`` steps, and exact resume: the model, optimiser, generator state and the
 data order (a function of seed and epoch) are restored, so N steps in one go equal N/2 steps, a
-stop, a resume and N/2 more.
+stop, a resume and N/2 more; and a SIGKILL at any moment, then a resume, equals an uninterrupted
+run. SIGTERM saves a checkpoint and returns. Data-parallel over ``torch.distributed`` when a
+process group is initialised (``cdn.distributed``).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import (atomic_save_tensors, atomic_write_text, latest_training_checkpoint,
-                         restore_training_checkpoint, save_training_checkpoint)
+                         load_training_checkpoint, remove_stale_tmp, restore_training_checkpoint,
+                         save_training_checkpoint)
 from .data import ImageDataset, augment, epoch_permutation
 from .joint import JointModel
 from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
@@ -82,37 +85,76 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     are done, ``model.safetensors`` and ``state.json`` (``finished: true``). ``stop_after`` ends the
     call after that many total steps with a checkpoint (an interruption, for tests and long runs).
     Returns the final state dict. Raises ``FloatingPointError`` on a non-finite loss, keeping the last
-    good checkpoint."""
+    good checkpoint.
+
+    Faults: a SIGTERM (a scheduler's preemption) ends the call after the current step with a
+    checkpoint and ``state["preempted"] = True``; a SIGKILL at any moment loses at most the steps
+    since the last checkpoint, and the resumed run reaches the same weights bit for bit (CPU).
+
+    When a ``torch.distributed`` process group is initialised (``cdn.distributed.init``, torchrun),
+    this runs data-parallel: each rank its shard of every global batch, gradients averaged by
+    ``DistributedDataParallel``, rank 0 writing the log and checkpoints (see ``cdn.distributed``)."""
+    from . import distributed as D
+
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    info = D.current()
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cpu":
         set_cpu_threads()
     if config.batch_size > len(train_set):
         raise ValueError(f"batch_size {config.batch_size} is larger than the training set ({len(train_set)} images)")
-    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))
+    if config.batch_size % info.world_size:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes "
+                         f"{info.world_size} (the global batch is split evenly across ranks)")
+    main = info.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))
+        remove_stale_tmp(run_dir / "ckpt")
 
     net = make_net(config, train_set.num_classes, train_set.in_channels).to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    model = JointModel(net)
     loss_fn = make_loss(config)
     optimizer = _optimizer(net, config, device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(D.rank_seed(config.seed, info.rank))
     start, elapsed = 0, 0.0
-    found = latest_training_checkpoint(run_dir / "ckpt", log=lambda m: print(f"[cdn] {m}"))
+    found = None
+    if main:
+        found = latest_training_checkpoint(run_dir / "ckpt", log=lambda m: print(f"[cdn] {m}"))
+    step0 = D.broadcast_int(found[1]["step"] if found is not None else 0, info, device)
+    if step0 > 0 and not main:
+        found = load_training_checkpoint(run_dir / "ckpt", step0)
     if found is not None:
         tensors, meta = found
-        start = restore_training_checkpoint(tensors, meta, net, optimizer, generator)
+        start = restore_training_checkpoint(tensors, meta, net, optimizer, generator, info.rank)
         elapsed = float(meta.get("elapsed_s", 0.0))
-    _truncate_log(run_dir / "log.jsonl", start)
+        if int(meta.get("world_size", 1)) != info.world_size:
+            # another world size: the data order and weights are exact, the noise streams are new
+            generator.manual_seed(D.rank_seed(config.seed + 7919 * start, info.rank))
+            if main:
+                print(f"[cdn] checkpoint of step {start} was written by {meta.get('world_size', 1)} processes, "
+                      f"resuming with {info.world_size}: the noise streams are reseeded")
+    D.barrier(info)  # every rank has read the checkpoint before rank 0 may write the next one
+    if main:
+        _truncate_log(run_dir / "log.jsonl", start)
+
+    ddp = net
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the input-gradient of the joint loss (autograd.grad w.r.t. y) fires no parameter hook;
+        # loss.backward() fires each once: plain DDP is right (module docstring of cdn.distributed)
+        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp.noise_conditioning = bool(getattr(net, "noise_conditioning", False))
+    model = JointModel(ddp)
 
     images = train_set.images.to(device)
     labels = train_set.labels.to(device)
     n, bs = len(train_set), config.batch_size
     per_epoch = n // bs
     end = config.steps if stop_after is None else min(config.steps, stop_after)
-    progress = _want_progress(progress)
+    progress = _want_progress(progress) and main
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=config.run_name(), leave=False)
     net.train()
     use_amp = device.type == "cuda"
@@ -120,61 +162,114 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     t_last, n_last, perm_epoch, perm = time.perf_counter(), 0, -1, None
     last_good = start
     step = start
-    for step in range(start, end):
-        epoch, i = divmod(step, per_epoch)
-        if epoch != perm_epoch:
-            perm, perm_epoch = epoch_permutation(n, epoch, config.seed).to(device), epoch
-        idx = perm[i * bs:(i + 1) * bs]
-        x = images[idx].float().div_(255)
-        c = labels[idx]
-        if config.augment:
-            x = augment(x, generator)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss, terms = loss_fn(model.net if config.objective == "mse" else model, x, c, generator)
-        if not torch.isfinite(loss):
-            bar.close()
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at step {step} of {config.run_name()}; the last good "
-                f"checkpoint (step {last_good}) in {run_dir / 'ckpt'} is kept. Lower lr or check the data.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-        optimizer.step()
-        terms["loss"] = loss.detach()
-        for k, v in terms.items():
-            acc_terms[k] = acc_terms.get(k, 0) + v.float()
-        n_last += 1
-        if (step + 1) % config.log_every == 0 or step + 1 == end:
-            now = time.perf_counter()
-            elapsed += now - t_last
-            row = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "lr": lr_at(step, config),
-                   **{k: float(v) / n_last for k, v in acc_terms.items()},
-                   "images_per_s": n_last * bs / max(now - t_last, 1e-9), "elapsed_s": round(elapsed, 3)}
-            with open(run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "acc") if k in row})
-            acc_terms, n_last, t_last = {}, 0, now
-        bar.update(1)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == end:
-            save_training_checkpoint(run_dir / "ckpt", step + 1, net, optimizer, generator,
-                                     {"elapsed_s": elapsed, "run": config.run_name()})
-            last_good = step + 1
+    preempted = False
+    with _sigterm_flag() as sigterm:
+        for step in range(start, end):
+            epoch, i = divmod(step, per_epoch)
+            if epoch != perm_epoch:
+                perm, perm_epoch = epoch_permutation(n, epoch, config.seed).to(device), epoch
+            idx = D.shard(perm[i * bs:(i + 1) * bs], info)
+            x = images[idx].float().div_(255)
+            c = labels[idx]
+            if config.augment:
+                x = augment(x, generator)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, terms = loss_fn(model.net if config.objective == "mse" else model, x, c, generator)
+            bad, stop = D.any_flag([not bool(torch.isfinite(loss)), sigterm.is_set()], info, device)
+            if bad:
+                bar.close()
+                raise FloatingPointError(
+                    f"non-finite loss ({loss.item()}) at step {step} of {config.run_name()}; the last good "
+                    f"checkpoint (step {last_good}) in {run_dir / 'ckpt'} is kept. Lower lr or check the data.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            optimizer.step()
+            terms["loss"] = loss.detach()
+            for k, v in terms.items():
+                acc_terms[k] = acc_terms.get(k, 0) + v.float()
+            n_last += 1
+            last = step + 1 == end or stop
+            if (step + 1) % config.log_every == 0 or last:
+                now = time.perf_counter()
+                elapsed += now - t_last
+                means = D.mean_across(acc_terms, info)
+                row = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "lr": lr_at(step, config),
+                       **{k: float(v) / n_last for k, v in means.items()},
+                       "images_per_s": n_last * bs / max(now - t_last, 1e-9), "elapsed_s": round(elapsed, 3)}
+                if main:
+                    with open(run_dir / "log.jsonl", "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "acc") if k in row})
+                acc_terms, n_last, t_last = {}, 0, now
+            bar.update(1)
+            if (step + 1) % config.checkpoint_every == 0 or last:
+                states = D.gather_generator_states(generator, info, device)
+                if main:
+                    save_training_checkpoint(run_dir / "ckpt", step + 1, net, optimizer, states,
+                                             {"elapsed_s": elapsed, "run": config.run_name()})
+                D.barrier(info)
+                last_good = step + 1
+            if stop:
+                preempted = True
+                end = step + 1
+                if main:
+                    print(f"[cdn] SIGTERM: saved checkpoint of step {end} in {run_dir / 'ckpt'}; "
+                          "run the same command again to resume")
+                break
     bar.close()
     finished = end == config.steps
     state = {"finished": finished, "step": end, "elapsed_s": round(elapsed, 3), "run": config.run_name(),
              "device": str(device), "torch": torch.__version__, "data": train_set.source,
              "train_images": len(train_set), "epochs": round(end / per_epoch, 3),
              "num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
-             "image_size": train_set.image_size, "classes": train_set.classes}
-    if finished:
-        atomic_save_tensors(net.state_dict(), run_dir / "model.safetensors", {"format": "cdn-model-1"})
-    atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1))
+             "image_size": train_set.image_size, "classes": train_set.classes,
+             "world_size": info.world_size}
+    if preempted:
+        state["preempted"] = True
+    if main:
+        if finished:
+            atomic_save_tensors(net.state_dict(), run_dir / "model.safetensors", {"format": "cdn-model-1"})
+        atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1))
+    D.barrier(info)
     return state
+
+
+class _Flag:
+    def __init__(self):
+        self.value = False
+
+    def set(self, *_):
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+class _sigterm_flag:
+    """Within the block, SIGTERM sets a flag instead of killing the process (main thread only;
+    elsewhere the flag never rises). The previous handler is restored on exit."""
+
+    def __enter__(self) -> _Flag:
+        import signal
+        import threading
+
+        self.flag, self.prev = _Flag(), None
+        if threading.current_thread() is threading.main_thread():
+            self.prev = signal.signal(signal.SIGTERM, self.flag.set)
+        return self.flag
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.prev is not None:
+            signal.signal(signal.SIGTERM, self.prev)
+        return False
 
 
 def _want_progress(progress: bool | None) -> bool:
@@ -189,8 +284,21 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log rows beyond ``step`` (written after the checkpoint a resume starts from)."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    rows = [json.dumps(r) for r in _parse_log(path.read_text()) if r["step"] <= step]
     atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+def _parse_log(text: str) -> list[dict]:
+    """The rows of a log; a line a kill cut short (not valid JSON) is dropped."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
@@ -198,4 +306,4 @@ def read_log(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "log.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _parse_log(path.read_text())
