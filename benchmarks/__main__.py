@@ -102,6 +102,7 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--device", default=None)
+    p.add_argument("--cases", nargs="*", default=None, help="only these cases (default: all)")
     p.add_argument("--out", default=None, help="write the table as JSON here")
     a = p.parse_args(argv)
     import torch
@@ -109,7 +110,11 @@ def main(argv=None) -> dict:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ctx = mp.get_context("spawn")
     rows = []
-    for name, arch, obj in CASES:
+    cases = [c for c in CASES if a.cases is None or c[0] in a.cases]
+    unknown = set(a.cases or []) - {c[0] for c in CASES}
+    if unknown:
+        raise SystemExit(f"unknown cases {sorted(unknown)}; known: {', '.join(c[0] for c in CASES)}")
+    for name, arch, obj in cases:
         with ctx.Pool(1) as pool:
             rows.append(pool.apply(_one, ((name, arch, obj, a.width, a.batch, a.size, a.reps, device),)))
         print(f"{rows[-1]['case']:<26} {rows[-1]['seconds_per_step']*1000:9.1f} ms  "
