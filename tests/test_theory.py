@@ -1,0 +1,100 @@
+"""Exact checks of the theory chapters (cdn.theory): Tweedie-Miyasawa on a Gaussian mixture, the
+Jacobian of the denoiser (symmetry, finite differences, homogeneity of the bias-free UNet), and the
+generative and discriminative estimators converging to the true logistic parameters."""
+import numpy as np
+import pytest
+import torch
+
+from cdn import theory
+from cdn.joint import JointModel
+from cdn.mixture import two_moons_like_mixture
+from cdn.nets import GradResNet, UNet
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.3, 1.0])
+def test_mixture_closed_forms_match_tweedie(sigma):
+    mix = two_moons_like_mixture(torch.float64)
+    y = theory.grid2d(2.5, 9)
+    f = theory.mixture_fields(mix, y, sigma)
+    assert torch.allclose(f["tweedie"], f["D"], atol=1e-6, rtol=0)
+    assert torch.allclose(f["tweedie_c"], f["D_c"], atol=1e-6, rtol=0)
+    # the posterior-weighted conditional denoisers give the unconditional one
+    assert torch.allclose((f["posterior"].T[..., None] * f["D_c"]).sum(0), f["D"], atol=1e-6, rtol=0)
+    # sigma^2 grad log p(c|y) = D(y, c) - D(y)
+    assert torch.allclose(f["class_grad"], f["D_c"] - f["D"][None], atol=1e-6, rtol=0)
+
+
+def test_mixture_model_learns_the_exact_denoiser():
+    mix = two_moons_like_mixture(torch.float64)
+    model, log = theory.train_mixture_model(mix, steps=300, seed=0)
+    assert log[-1]["loss"] < log[0]["loss"]
+    rows = theory.mixture_denoiser_errors(model, mix, [0.2], n=500)
+    r = rows[0]
+    assert r["learned D(y)"] < r["noisy"]  # it denoises
+    assert r["relative excess"] < 0.5
+
+
+def _tiny_joint():
+    torch.manual_seed(0)
+    return JointModel(GradResNet(3, 1, width=4).double().eval())
+
+
+@pytest.mark.parametrize("c", [None, 1])
+def test_joint_jacobian_symmetric_and_matches_finite_differences(c):
+    model = _tiny_joint()
+    g = torch.Generator().manual_seed(0)
+    # 16 x 16: at 8 x 8 the last stage is 1 x 1 and its GroupNorm (one value per group) is undefined
+    y = torch.rand(1, 1, 16, 16, generator=g, dtype=torch.float64)
+    fn = theory.joint_denoiser_fn(model, 0.2, c)
+    J = theory.jacobian(fn, y, chunk=64)
+    assert J.shape == (256, 256)
+    assert torch.allclose(J, J.T, atol=1e-10)
+    v = torch.randn(1, 1, 16, 16, generator=g, dtype=torch.float64)
+    h = 1e-6
+    with torch.no_grad():
+        fd = (fn(y + h * v) - fn(y - h * v)).flatten() / (2 * h)
+    assert torch.allclose(J @ v.flatten(), fd, atol=1e-6, rtol=1e-6)
+    jv = theory.jacobian_vector(fn, y, v).flatten()
+    assert torch.allclose(jv, J @ v.flatten(), atol=1e-10)
+    res = theory.jacobian_analysis(fn, y, k=3, chunk=128)
+    assert res.asymmetry < 1e-10 and abs(res.trace - torch.trace(J).item()) < 1e-8
+    assert res.eigenvectors.shape == (3, 1, 16, 16)
+
+
+def test_homogeneous_unet_is_exactly_locally_linear():
+    torch.manual_seed(0)
+    net = UNet(1, width=4, depth=2).double().eval()
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    err = theory.local_linearity_error(net, y)
+    assert err.max() < 1e-8
+    J = theory.jacobian(net, y[:1], chunk=16)
+    assert torch.allclose(J @ y[0].flatten(), net(y[:1]).flatten(), atol=1e-8, rtol=0)
+
+
+def test_joint_gradresnet_is_not_exactly_homogeneous():
+    model = _tiny_joint()
+    y = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    err = theory.local_linearity_error(theory.joint_denoiser_fn(model, 0.2), y, symmetric=True)
+    err_full = theory.local_linearity_error(theory.joint_denoiser_fn(model, 0.2), y)
+    assert torch.allclose(err, err_full, atol=1e-8)
+    assert (err > 1e-6).all()
+
+
+def test_generative_and_discriminative_estimators_converge():
+    problem = theory.GaussianProblem.make(d=3, separation=2.0, seed=0)
+    w, b = problem.true_params
+    theta = np.append(w, b)
+    rng = np.random.default_rng(0)
+    x, c = problem.sample(200_000, rng)
+    for fit in (theory.lda_fit, theory.logistic_fit):
+        w_hat, b_hat = fit(x, c)
+        assert np.linalg.norm(np.append(w_hat, b_hat) - theta) < 0.05 * np.linalg.norm(theta)
+    # the exact error of the true rule is the Bayes error Phi(-Delta/2) for equal priors
+    from scipy.stats import norm
+    assert abs(problem.error(w, b) - norm.cdf(-1.0)) < 1e-12
+    rows = theory.compare_estimators(problem, [50, 2000], reps=4, n_test=2000)
+    by = {(r["n"], r["estimator"]): r for r in rows}
+    for est in ("generative", "discriminative"):
+        assert by[(2000, est)]["excess error"] < by[(50, est)]["excess error"]
+        assert by[(2000, est)]["excess error"] >= -1e-12
