@@ -440,7 +440,7 @@ __all__ = ["GaussianProblem", "JacobianResult", "MixtureMLP", "compare_estimator
 
 #: per-profile sizes of the theory chapters (smoke: seconds; quick: the 2-core machine)
 THEORY_SETTINGS = {
-    "smoke": dict(mixture_steps=150, grid=11, n_eval=500, jac_crop=16, jac_sigmas=(0.05, 0.3), jac_full=None,
+    "smoke": dict(mixture_steps=150, grid=11, n_eval=500, jac_crop=16, jac_sigmas=(0.1,), jac_full=None,
                   jac_images=1, ll_images=4, gd_ns=(20, 100, 1000), gd_reps=4, gd_test=5000, fisher_mc=20_000,
                   ablation_overrides={}, ablation_models=("gradresnet", "gradresnet-relu"), timing_repeats=1),
     "quick": dict(mixture_steps=2000, grid=13, n_eval=4000, jac_crop=16, jac_sigmas=(0.02, 0.05, 0.1, 0.2, 0.4),
