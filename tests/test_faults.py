@@ -103,26 +103,12 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, un
     assert steps == list(range(1, SETTINGS["steps"] + 1))  # no duplicated or torn log rows
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, uninterrupted):
-    run_dir = tmp_path / "run"
-    proc = _child(run_dir)
-    _wait_for_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    assert "SIGTERM: saved checkpoint" in out
-    state = json.loads(out.strip().splitlines()[-1])
-    assert state["preempted"] and not state["finished"] and 0 < state["step"] < SETTINGS["steps"]
-    assert _newest_step(run_dir) == state["step"]  # the checkpoint of the very step it stopped at
-    assert json.loads((run_dir / "state.json").read_text())["preempted"]
-    train(_config(), run_dir, resolve_data(_config()).train, device="cpu", progress=False)
-    assert _same(load_file(str(run_dir / "model.safetensors")), uninterrupted)
-
-
-def test_sigterm_in_process_restores_the_previous_handler(tmp_path):
-    """SIGTERM raised inside the loop (as from a scheduler) stops after that step; the handler
-    that was installed before ``train`` is back afterwards."""
-    config = _config(steps=6)
+def test_sigterm_saves_a_checkpoint_returns_and_resumes_exactly(tmp_path, uninterrupted):
+    """A real SIGTERM delivered to the process during step 2 (as from a scheduler): the step ends,
+    its checkpoint is written, ``train`` returns ``preempted``, the handler that was installed
+    before ``train`` is back, and a resume ends with the uninterrupted weights. (SIGTERM from
+    outside, through torchrun, to a data-parallel run: tests/test_distributed.py.)"""
+    config = _config()
     seen = []
     prev = signal.signal(signal.SIGTERM, lambda *a: seen.append(a))
     try:
@@ -140,13 +126,17 @@ def test_sigterm_in_process_restores_the_previous_handler(tmp_path):
             state = train(config, tmp_path, resolve_data(config).train, device="cpu", progress=False)
         finally:
             T.lr_at = orig
-        assert state["preempted"] and state["step"] == 3 and _newest_step(tmp_path) == 3
+        assert state["preempted"] and not state["finished"] and state["step"] == 3 and _newest_step(tmp_path) == 3
+        assert json.loads((tmp_path / "state.json").read_text())["preempted"]
+        assert not (tmp_path / "model.safetensors").exists()
         assert seen == []  # train's handler took it, not ours
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         os.kill(os.getpid(), signal.SIGTERM)
         assert len(seen) == 1  # ours is back
     finally:
         signal.signal(signal.SIGTERM, prev)
+    train(config, tmp_path, resolve_data(config).train, device="cpu", progress=False)
+    assert _same(load_file(str(tmp_path / "model.safetensors")), uninterrupted)
 
 
 def test_cli_train_preempted_then_resumed(tmp_path, capsys):
