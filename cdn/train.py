@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as D
 from .checkpoint import (atomic_save_tensors, atomic_write_text, latest_training_checkpoint,
                          load_training_checkpoint, remove_stale_tmp, restore_training_checkpoint,
                          save_training_checkpoint)
@@ -94,8 +95,6 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     When a ``torch.distributed`` process group is initialised (``cdn.distributed.init``, torchrun),
     this runs data-parallel: each rank its shard of every global batch, gradients averaged by
     ``DistributedDataParallel``, rank 0 writing the log and checkpoints (see ``cdn.distributed``)."""
-    from . import distributed as D
-
     run_dir = Path(run_dir)
     info = D.current()
     device = torch.device(device) if device is not None else default_device()
@@ -145,7 +144,10 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
 
         # the input-gradient of the joint loss (autograd.grad w.r.t. y) fires no parameter hook;
         # loss.backward() fires each once: plain DDP is right (module docstring of cdn.distributed)
-        ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = None
+        if device.type == "cuda":
+            ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        ddp = DistributedDataParallel(net, device_ids=ids)
         ddp.noise_conditioning = bool(getattr(net, "noise_conditioning", False))
     model = JointModel(ddp)
 
