@@ -190,3 +190,44 @@ def test_preempted_data_parallel_run_resumes_exactly(tmp_path):
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5, msg=k)
     assert [row["step"] for row in read_log(run_dir)] == list(range(1, settings["steps"] + 1))
+
+
+def test_double_backward_under_ddp(monkeypatch):
+    """In one gloo process (world size 1, DDP's reducer still in place): the input-gradient of the
+    joint loss (``autograd.grad`` w.r.t. y, ``create_graph=True``) sends no bucket to the all-reduce
+    and leaves every ``.grad`` empty; ``loss.backward()`` then all-reduces every parameter's gradient
+    once, equal to the gradient without DDP."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from cdn.joint import JointModel
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = _config()
+    data = resolve_data(config)
+    x, c = data.train.images[:4].float() / 255, data.train.labels[:4]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        net = make_net(config, data.train.num_classes, data.train.in_channels)
+        plain = make_net(config, data.train.num_classes, data.train.in_channels)
+        ddp = DistributedDataParallel(net)
+        sent = []
+
+        def hook(state, bucket):
+            sent.append(bucket.buffer().numel())
+            fut = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        ddp.register_comm_hook(None, hook)
+        loss_fn = make_loss(config)
+        loss, _ = loss_fn(JointModel(ddp), x, c, torch.Generator().manual_seed(1))
+        assert sent == [] and all(p.grad is None for p in net.parameters())
+        loss.backward()
+        assert sum(sent) == sum(p.numel() for p in net.parameters())  # every parameter, once
+        want, _ = loss_fn(JointModel(plain), x, c, torch.Generator().manual_seed(1))
+        want.backward()
+        for p, q in zip(net.parameters(), plain.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-7)
+    finally:
+        dist.destroy_process_group()
