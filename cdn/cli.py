@@ -50,7 +50,8 @@ def cmd_train(args) -> int:
 
     device = args.device
     info = D.DistInfo()
-    if args.distributed or D.launched_by_torchrun():
+    distributed = args.distributed or D.launched_by_torchrun()
+    if distributed:
         info, device = D.init(args.device)
     try:
         data = resolve_data(config, args.data_dir)
@@ -77,7 +78,7 @@ def cmd_train(args) -> int:
             _print_metrics(run.metrics(data.test))
         return 0
     finally:
-        if info.enabled:
+        if distributed:
             D.cleanup()
 
 
