@@ -114,14 +114,27 @@ def load_image(path: str | Path, in_channels: int, size: int):
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"IMAGE {str(path)!r} is not an image file PIL can read: {err}") from err
     if max(img.size) > MAX_IMAGE_SIDE or min(img.size) < 1:
         raise ValueError(f"IMAGE {str(path)!r} has size {img.size}; expected sides between 1 and {MAX_IMAGE_SIDE}")
-    img = img.convert("L" if in_channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32) / 255
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr.copy())[None]
+    if img.mode.startswith("I"):  # 16- or 32-bit integer greys: scale by the bit depth, not by clipping
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr / (65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0)
+    elif img.mode == "F":  # float greys, taken to be on the [0, 1] scale
+        arr = np.asarray(img, dtype=np.float32)
+    else:
+        arr = np.asarray(img.convert("L" if in_channels == 1 else "RGB"), dtype=np.float32) / 255
+    arr = np.clip(arr, 0, 1)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    if t.shape[0] == 1 and in_channels == 3:
+        t = t.expand(3, -1, -1)
+    elif t.shape[0] == 3 and in_channels == 1:
+        t = (0.299 * t[0] + 0.587 * t[1] + 0.114 * t[2])[None]
+    t = torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode="bicubic", antialias=True,
+                                        align_corners=False)
+    return t.clamp(0, 1).contiguous()
 
 
 def _save_png(t, path: Path) -> None:

@@ -61,6 +61,14 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def _finite(out: torch.Tensor, y: torch.Tensor, what: str) -> torch.Tensor:
+    """Return ``out``, or raise ``ValueError`` when it holds NaN or infinity (absurd inputs)."""
+    if not torch.isfinite(out).all():
+        raise ValueError(f"{what} gave non-finite values for this y (max |y| = {y.detach().abs().max().item():.3g}); "
+                         "expected pixels on the [0, 1] scale")
+    return out
+
+
 def _expand(sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return sigma.view(-1, *([1] * (y.ndim - 1)))
 
@@ -83,6 +91,10 @@ class JointModel(nn.Module):
     def logits(self, y: torch.Tensor, sigma=None) -> torch.Tensor:
         """``f(y)``: the unnormalised ``log p(y, c)``, shape (B, C)."""
         check_image(y)
+        param = next(self.net.parameters(), None)
+        if param is not None and param.is_floating_point() and y.dtype != param.dtype:
+            raise ValueError(f"y has dtype {y.dtype} but the network's parameters are {param.dtype}: "
+                             f"convert one of them (y.to({param.dtype}))")
         if self.noise_conditioned:
             sig = as_sigma(sigma, y, required=True)
             out = self.net(y, sig)
@@ -99,11 +111,11 @@ class JointModel(nn.Module):
 
     def classify(self, y: torch.Tensor, sigma=None) -> torch.Tensor:
         """``log p(c | y) = log_softmax(f(y))``, shape (B, C)."""
-        return torch.log_softmax(upcast(self.logits(y, sigma)), dim=-1)
+        return _finite(torch.log_softmax(upcast(self.logits(y, sigma)), dim=-1), y, "classify")
 
     def log_marginal(self, y: torch.Tensor, sigma=None) -> torch.Tensor:
         """``log p(y) = logsumexp_c f(y)_c`` (up to a constant in y), shape (B,)."""
-        return torch.logsumexp(upcast(self.logits(y, sigma)), dim=-1)
+        return _finite(torch.logsumexp(upcast(self.logits(y, sigma)), dim=-1), y, "log_marginal")
 
     def logits_and_score(self, y: torch.Tensor, sigma=None, c: torch.Tensor | None = None,
                          create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +155,10 @@ class JointModel(nn.Module):
         """Tweedie-Miyasawa: ``D(y) = y + sigma^2 grad_y log p(y)`` (or ``D(y, c)`` with ``c``)."""
         check_image(y)
         sig = as_sigma(sigma, y)
+        if not torch.isfinite(sig ** 2).all():
+            raise ValueError(f"sigma^2 overflows {y.dtype} (max sigma {sig.max().item():.3g}); expected sigma on the [0, 1] pixel scale")
         s = self.score(y, sig, c, create_graph)
-        return y + _expand(sig, y) ** 2 * s
+        return _finite(y + _expand(sig, y) ** 2 * s, y, "denoise")
 
     def class_gradient(self, y: torch.Tensor, sigma=None, c: torch.Tensor | None = None) -> torch.Tensor:
         """``grad_y log p(c | y)`` by autograd, for comparison with ``(D(y, c) - D(y)) / sigma^2``

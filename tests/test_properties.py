@@ -3,9 +3,8 @@ every call either returns a correct result (the right shape and dtype, finite) o
 ``ValueError``; never a silent wrong shape, never a NaN. And ``cdn denoise``/``cdn classify`` on
 absurd image files give clear errors.
 
-Defects found while writing these (in ``cdn/joint.py`` and ``cdn/cli.py:load_image``, not fixed
-here) are pinned by ``xfail(strict=True)`` tests at the end, so that a fix turns them into
-failures to be unmarked.
+Defects these tests found (in ``cdn/joint.py``, the GroupNorm of ``cdn/nets`` and
+``cdn/cli.py:load_image``) were fixed; their tests stay at the end.
 """
 import math
 import struct
@@ -202,13 +201,11 @@ def test_other_channel_counts_are_converted_to_the_models(mode, channels, tmp_pa
         assert 0 <= x.min() and x.max() <= 1
 
 
-# --- defects found, pinned until fixed (cdn/joint.py, cdn/cli.py are other sessions' files) --------
+# --- defects the property tests found, now fixed: a clear ValueError or a correct result --------
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="joint.py: a float input whose dtype differs from the "
-                   "net's (float64/float16/bfloat16 into a float32 net) raises torch's RuntimeError, not a ValueError")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_defect_input_dtype_other_than_the_nets(dtype):
+def test_fixed_input_dtype_other_than_the_nets(dtype):
     y = torch.rand(2, CHANNELS, 8, 8, dtype=dtype)
     try:
         out = MODELS[("plain", torch.float32)].denoise(y, 0.1)
@@ -217,10 +214,8 @@ def test_defect_input_dtype_other_than_the_nets(dtype):
     assert out.shape == y.shape and torch.isfinite(out).all()
 
 
-@pytest.mark.xfail(strict=True, reason="joint.py: finite but absurd inputs (pixels ~1e30, sigma ~1e30) give a "
-                   "non-finite result silently instead of a ValueError")
 @pytest.mark.parametrize("scale_y,sigma", [(1e30, 0.1), (1.0, 1e30)])
-def test_defect_absurd_finite_values_give_nan_silently(scale_y, sigma):
+def test_fixed_absurd_finite_values_give_nan_silently(scale_y, sigma):
     y = torch.rand(2, CHANNELS, 8, 8) * scale_y
     try:
         out = MODELS[("plain", torch.float32)].denoise(y, sigma)
@@ -229,19 +224,15 @@ def test_defect_absurd_finite_values_give_nan_silently(scale_y, sigma):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.xfail(strict=True, reason="cli.load_image: PIL's DecompressionBombError (a header claiming 30000x30000) "
-                   "is not turned into a ValueError, so the CLI prints a traceback")
-def test_defect_decompression_bomb_header(tmp_path):
+def test_fixed_decompression_bomb_header(tmp_path):
     path = tmp_path / "bomb.png"
     _png_header_only(path, 30000, 30000)
     with pytest.raises(ValueError):
         load_image(path, 3, 16)
 
 
-@pytest.mark.xfail(strict=True, reason="cli.load_image: 16-bit PNGs and float TIFFs are converted by PIL with "
-                   "clipping, so a smooth image silently becomes black and white (or all black)")
 @pytest.mark.parametrize("kind", ["uint16-png", "float-tiff"])
-def test_defect_high_bit_depth_images_are_binarised(kind, tmp_path):
+def test_fixed_high_bit_depth_images_are_binarised(kind, tmp_path):
     ramp = np.linspace(0, 1, 256).reshape(16, 16)
     if kind == "uint16-png":
         path = tmp_path / "x.png"
@@ -256,11 +247,8 @@ def test_defect_high_bit_depth_images_are_binarised(kind, tmp_path):
     assert x.unique().numel() > 16  # a ramp stays a ramp
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="nets: a single image of at most 8x8 "
-                   "pixels reaches the last GroupNorm as 1x1 (8x downsampling), and torch raises 'Expected more than "
-                   "1 value per channel when training', naming neither y nor the smallest size; two such images work")
 @pytest.mark.parametrize("size", [(1, 1), (8, 8), (3, 7)])
-def test_defect_single_small_image(size):
+def test_fixed_single_small_image(size):
     model = MODELS[("plain", torch.float32)]
     assert model.denoise(torch.rand(2, CHANNELS, *size), 0.1).shape == (2, CHANNELS, *size)
     assert model.denoise(torch.rand(1, CHANNELS, *size), 0.1).shape == (1, CHANNELS, *size)

@@ -45,7 +45,10 @@ class ScaleGroupNorm(nn.Module):
             nn.init.zeros_(self.cond.weight)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        h = F.group_norm(h, self.groups, None, None, self.eps)
+        if (h.shape[1] // self.groups) * h.shape[2] * h.shape[3] == 1:
+            h = torch.zeros_like(h)  # one value per group normalises to 0 (torch refuses a batch of one)
+        else:
+            h = F.group_norm(h, self.groups, None, None, self.eps)
         gain = self.weight.view(1, -1)
         if self.cond is not None:
             if emb is None:
