@@ -43,6 +43,18 @@ K = 4
 SETTINGS = dict(width=4, steps=K, train_size=64, batch_size=8, checkpoint_every=2, log_every=2, warmup_steps=1)
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """Bitwise comparisons need one reduction order: one CPU thread here and in every child process
+    (``cdn.train.set_cpu_threads`` and torchrun's workers read OMP_NUM_THREADS). With 2 threads the
+    in-process reference and the training loop differed in the last bits (seen on the CI machine)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def _config():
     return get_config("smoke", "gradresnet", "synthetic", **SETTINGS)
 
