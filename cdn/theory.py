@@ -327,15 +327,15 @@ def logistic_fit(x: np.ndarray, c: np.ndarray, ridge: float = 1e-6, iters: int =
 
 
 def _nll_ece(w, b, x, c, bins: int = 15) -> tuple[float, float]:
+    """NLL and ECE (torchmetrics, ``bins`` bins of the max-probability confidence, as in
+    ``cdn.evaluate``) of the linear classifier ``p(c=1 | x) = sigmoid(x w + b)``."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     z = x @ w + b
     p1 = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
     nll = float(np.mean(np.logaddexp(0, -z) * c + np.logaddexp(0, z) * (1 - c)))
-    conf = np.maximum(p1, 1 - p1)
-    correct = ((p1 > 0.5) == (c == 1)).astype(float)
-    edges = np.linspace(0.5, 1.0, bins + 1)
-    idx = np.clip(np.digitize(conf, edges) - 1, 0, bins - 1)
-    ece = sum(abs(correct[idx == k].mean() - conf[idx == k].mean()) * (idx == k).mean()
-              for k in range(bins) if (idx == k).any())
+    probs = torch.from_numpy(np.stack([1 - p1, p1], axis=1)).float()
+    ece = multiclass_calibration_error(probs, torch.from_numpy(np.asarray(c)).long(), 2, n_bins=bins).item()
     return nll, float(ece)
 
 
