@@ -194,7 +194,7 @@ def cmd_classify(args) -> int:
 def cmd_book(args) -> int:
     from .book import build_book
 
-    path = build_book(args.profile, args.chapter, args.data_dir, args.seed)
+    path = build_book(args.profile, args.chapter, args.data_dir, args.seed, build_dir=args.build_dir)
     print(f"[cdn] book: {path}")
     return 0
 
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--chapter", nargs="*", default=None, help="rerun only these chapters (by name)")
     b.add_argument("--data-dir", default=None, help="folder holding the data")
     b.add_argument("--seed", type=int, default=0, help="seed passed to every chapter")
+    b.add_argument("--build-dir", default=None, help="where executed chapters and HTML go (default book/_build)")
     b.set_defaults(func=cmd_book)
 
     be = sub.add_parser("bench", help="speed and memory benchmarks (see benchmarks/)")
