@@ -70,12 +70,13 @@ def cmd_train(args) -> int:
                 if info.is_main:
                     print(f"[cdn] preempted at step {state['step']}; the same command resumes {run_dir}")
                 return 0
-        if not info.is_main:
-            return 0
-        print(f"[cdn] run: {run_dir}")
-        if not args.no_eval:
-            run = load_run(run_dir, device)
-            _print_metrics(run.metrics(data.test))
+        if info.is_main:
+            print(f"[cdn] run: {run_dir}")
+        D.barrier(info)  # rank 0 has written the final weights before any rank loads them
+        if not args.no_eval:  # every rank evaluates its share of the test batches; rank 0 prints and writes
+            metrics = load_run(run_dir, device).metrics(data.test)
+            if info.is_main:
+                _print_metrics(metrics)
         return 0
     finally:
         if distributed:

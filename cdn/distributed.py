@@ -28,6 +28,9 @@ What each rank does (``cdn.train.train`` detects an initialised process group):
   (rank 0 keeps ``seed``, so a one-process run is unchanged). The noise a run draws therefore
   depends on its world size, as in any data-parallel run; the checkpoint stores every rank's
   generator state, so a resume with the same world size is exact;
+* evaluation at the end of training runs on every rank: rank ``r`` takes test batches ``r, r + W,
+  ...`` (the evaluation noise is seeded per batch, so the split changes nothing), the results are
+  gathered (``gather_objects``), and rank 0 prints them and writes ``metrics.json``;
 * logging, the progress bar and checkpoints are rank 0's; a non-finite loss or a SIGTERM on any
   rank is agreed on by all ranks (one small all-reduce per step), so they stop together.
 
@@ -165,6 +168,22 @@ def broadcast_int(value: int, info: DistInfo, device) -> int:
     t = torch.tensor([int(value)], dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
     return int(t.item())
+
+
+def my_batches(num_batches: int, info: DistInfo) -> range:
+    """The batch indices rank ``info.rank`` evaluates: ``rank, rank + W, rank + 2W, ...`` (all of
+    them on one process). Evaluation noise is seeded per batch index, so the split changes nothing."""
+    return range(info.rank, num_batches, info.world_size)
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` (picklable Python data or CPU tensors), in rank order; ``[obj]`` on one
+    process (collective: every rank must call it). Used to gather evaluation results."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(info: DistInfo) -> None:

@@ -5,8 +5,10 @@
   over images, for ``D(y)``, ``D(y, true c)``, ``D(y, wrong c)``, a denoise-only baseline and the
   noisy input itself.
 
-Noise is drawn from a generator seeded by ``(seed, sigma index)``: every model sees the same noisy
-images.
+Noise is drawn from a generator seeded by ``(seed, sigma index, batch index)``: every model sees the
+same noisy images. Under ``torch.distributed`` (an initialised process group, e.g. at the end of
+``torchrun -m cdn train``) each rank evaluates every W-th batch and the results are gathered, so every
+rank returns the metrics of the whole test set, equal to one process's up to summation order.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from . import distributed
 from .data import ImageDataset
 from .joint import JointModel
 
@@ -40,15 +43,17 @@ def classification_vs_sigma(model: JointModel, data: ImageDataset, sigmas=DEFAUL
     """For each sigma: ``{"sigma", "accuracy", "nll", "ece"}`` of ``argmax p(c | x + sigma eps)``."""
     device = device or next(model.parameters()).device
     model.eval()
+    info = distributed.current()
+    num_batches = -(-len(data) // batch_size)
     rows = []
     for si, sigma in enumerate(sigmas):
-        logps, labels = [], []
-        for bi, start in enumerate(range(0, len(data), batch_size)):
-            x = data.to_float(slice(start, start + batch_size), device)
+        mine = {}
+        for bi in distributed.my_batches(num_batches, info):
+            x = data.to_float(slice(bi * batch_size, (bi + 1) * batch_size), device)
             y = x + sigma * _noise(x.shape, si, bi, seed, device)
-            logps.append(model.classify(y, sigma).float().cpu())
-            labels.append(data.labels[start:start + batch_size])
-        logp, c = torch.cat(logps), torch.cat(labels)
+            mine[bi] = model.classify(y, sigma).float().cpu()
+        gathered = {bi: lp for part in distributed.gather_objects(mine, info) for bi, lp in part.items()}
+        logp, c = torch.cat([gathered[bi] for bi in range(num_batches)]), data.labels[:len(data)]
         rows.append({"sigma": float(sigma), "accuracy": (logp.argmax(1) == c).float().mean().item(),
                      "nll": F.nll_loss(logp, c).item(),
                      "ece": multiclass_calibration_error(logp.exp(), c, data.num_classes, n_bins=15).item()})
@@ -72,10 +77,13 @@ def psnr_vs_sigma(denoisers: dict[str, Denoiser], data: ImageDataset, sigmas=DEN
                   seed: int = 0, device=None) -> list[dict]:
     """For each sigma: ``{"sigma", "noisy": PSNR of y, name: PSNR of each denoiser}``, mean over images."""
     device = device or "cpu"
+    info = distributed.current()
+    num_batches = -(-len(data) // batch_size)
     rows = []
     for si, sigma in enumerate(sigmas):
         sums = {name: 0.0 for name in ["noisy", *denoisers]}
-        for bi, start in enumerate(range(0, len(data), batch_size)):
+        for bi in distributed.my_batches(num_batches, info):
+            start = bi * batch_size
             x = data.to_float(slice(start, start + batch_size), device)
             c = data.labels[start:start + batch_size].to(device)
             y = x + sigma * _noise(x.shape, si, bi, seed, device)
@@ -83,5 +91,6 @@ def psnr_vs_sigma(denoisers: dict[str, Denoiser], data: ImageDataset, sigmas=DEN
             for name, d in denoisers.items():
                 with torch.no_grad():
                     sums[name] += psnr(d(y, sigma, c).float(), x).sum().item()
-        rows.append({"sigma": float(sigma), **{k: v / len(data) for k, v in sums.items()}})
+        parts = distributed.gather_objects(sums, info)
+        rows.append({"sigma": float(sigma), **{k: sum(p[k] for p in parts) / len(data) for k in sums}})
     return rows

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
+from . import distributed
 from .checkpoint import CheckpointError, atomic_write_text, load_model_state, load_tensors
 from .evaluate import DEFAULT_SIGMAS, DENOISE_SIGMAS, classification_vs_sigma, joint_denoisers, psnr_vs_sigma
 from .joint import JointModel
@@ -92,11 +93,12 @@ class Run:
         key = {"test": test_set.source, "n": len(test_set), "sigmas": list(sigmas),
                "denoise_sigmas": list(denoise_sigmas), "seed": seed}
         path = self.dir / "metrics.json"
-        if path.exists():
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return cached
         device = next(self.net.parameters()).device
+        info = distributed.current()
+        cached = json.loads(path.read_text()) if path.exists() else {}
+        # under torch.distributed every rank must take the same branch: rank 0's cache decides
+        if distributed.broadcast_int(int(cached.get("key") == key), info, device):
+            return cached
         out: dict = {"key": key, "run": self.name, "model": self.config.model, "profile": self.config.profile,
                      "train_data": self.state.get("data"), "steps": self.state.get("step"),
                      "epochs": self.state.get("epochs"), "train_time_s": self.state.get("elapsed_s")}
@@ -111,7 +113,8 @@ class Run:
             self.net.eval()
             out["denoising"] = psnr_vs_sigma(joint_denoisers(self.model, test_set.num_classes), test_set,
                                              denoise_sigmas, seed=seed, device=device)
-        atomic_write_text(path, json.dumps(out, indent=1))
+        if info.is_main:
+            atomic_write_text(path, json.dumps(out, indent=1))
         return out
 
 

@@ -243,3 +243,68 @@ def test_double_backward_under_ddp(monkeypatch):
             torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-7)
     finally:
         dist.destroy_process_group()
+
+
+
+EVAL_SCRIPT = """
+import json, sys
+from cdn import distributed as D
+from cdn.evaluate import classification_vs_sigma, joint_denoisers, psnr_vs_sigma
+from cdn.runs import load_run, resolve_data
+info, device = D.init("cpu")
+run = load_run(sys.argv[1], device)
+test = resolve_data(run.config).test
+out = {"rank_batches": list(D.my_batches(4, info)),
+       "classification": classification_vs_sigma(run.model, test, batch_size=24, device=device),
+       "denoising": psnr_vs_sigma(joint_denoisers(run.model, test.num_classes), test, batch_size=24, device=device)}
+json.dump(out, open(sys.argv[2] + f".{info.rank}", "w"))
+D.cleanup()
+"""
+
+
+def _close(got: list[dict], want: list[dict]) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert set(g) == set(w)
+        for k in w:
+            assert abs(g[k] - w[k]) < 1e-9, (k, g[k], w[k])
+
+
+def test_two_gloo_processes_evaluate_the_whole_test_set_as_one_process(tmp_path):
+    """Evaluation under torch.distributed: each rank evaluates every other test batch and the
+    results are gathered, so every rank returns the metrics one process computes on the whole test
+    set. Then end to end: `torchrun -m cdn train` evaluates on both ranks and rank 0 alone prints and
+    writes metrics.json, equal to one process's evaluation."""
+    from cdn.evaluate import classification_vs_sigma, joint_denoisers, psnr_vs_sigma
+    from cdn.runs import load_run
+
+    settings = dict(SETTINGS, steps=2, test_size=96)
+    config = get_config("smoke", "gradresnet", "synthetic", **settings)
+    cmd = [c for c in _torchrun(tmp_path, settings) if c != "--no-eval"]
+    out = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert out.stdout.count("accuracy=") == 7, out.stdout[-3000:]  # rank 0 alone printed (7 sigmas)
+    run_dir = tmp_path / config.run_name()
+    run = load_run(run_dir, "cpu")
+    test = resolve_data(config).test
+    assert len(test) == 96
+    want_cls = classification_vs_sigma(run.model, test, device="cpu")
+    want_psnr = psnr_vs_sigma(joint_denoisers(run.model, test.num_classes), test, device="cpu")
+    got = json.loads((run_dir / "metrics.json").read_text())
+    _close(got["classification"], want_cls)
+    _close(got["denoising"], want_psnr)
+
+    # 4 batches of 24 split 2 + 2 between the ranks: both ranks return the whole set's metrics
+    script = tmp_path / "eval_script.py"
+    script.write_text(EVAL_SCRIPT)
+    res = tmp_path / "eval.json"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), str(run_dir), str(res)]
+    out = subprocess.run(launch, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"eval.json.{r}").read_text()) for r in range(2)]
+    assert [r["rank_batches"] for r in ranks] == [[0, 2], [1, 3]]
+    want_cls = classification_vs_sigma(run.model, test, batch_size=24, device="cpu")
+    want_psnr = psnr_vs_sigma(joint_denoisers(run.model, test.num_classes), test, batch_size=24, device="cpu")
+    for r in ranks:
+        _close(r["classification"], want_cls)
+        _close(r["denoising"], want_psnr)
