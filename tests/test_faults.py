@@ -44,10 +44,13 @@ def _config(**kw):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The final weights of the run that nothing interrupted."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    config = _config()
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    train(config, run_dir, resolve_data(config).train, device="cpu", progress=False)
+    # one thread, as in the children, whatever the caller's OMP_NUM_THREADS (this module-scoped
+    # fixture runs before the function-scoped _one_thread)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        config = _config()
+        run_dir = tmp_path_factory.mktemp("uninterrupted")
+        train(config, run_dir, resolve_data(config).train, device="cpu", progress=False)
     return load_file(str(run_dir / "model.safetensors"))
 
 

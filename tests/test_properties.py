@@ -215,7 +215,7 @@ def test_fixed_input_dtype_other_than_the_nets(dtype):
 
 
 @pytest.mark.parametrize("scale_y,sigma", [(1e30, 0.1), (1.0, 1e30)])
-def test_fixed_absurd_finite_values_give_nan_silently(scale_y, sigma):
+def test_fixed_absurd_finite_values_are_an_error_not_a_silent_nan(scale_y, sigma):
     y = torch.rand(2, CHANNELS, 8, 8) * scale_y
     try:
         out = MODELS[("plain", torch.float32)].denoise(y, sigma)
@@ -232,7 +232,7 @@ def test_fixed_decompression_bomb_header(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["uint16-png", "float-tiff"])
-def test_fixed_high_bit_depth_images_are_binarised(kind, tmp_path):
+def test_fixed_high_bit_depth_images_keep_their_grey_levels(kind, tmp_path):
     ramp = np.linspace(0, 1, 256).reshape(16, 16)
     if kind == "uint16-png":
         path = tmp_path / "x.png"
