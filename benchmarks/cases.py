@@ -4,9 +4,11 @@ lives in an importable module rather than in ``__main__``).
 A case is ``(name, architecture, objective, options)``. Objectives: ``ce``, ``joint``, ``mse``
 (training steps of ``cdn.losses``), ``jem`` (one update of ``cdn.baselines.jem.JEMTrainer`` with
 ``options["k"]`` SGLD steps), ``infer_classify`` / ``infer_denoise`` (per-batch inference),
+``joint_func`` (the same joint step written with ``torch.func``, ``cdn.compiled``),
 ``data_fast`` / ``data_plain`` (one training batch from a CIFAR-sized uint8 tensor: the batched
 path ``cdn.data.fast_batch`` or the per-image ``cdn.plain_data`` DataLoader). Options: ``threads``
-(torch threads of this case), ``compile`` (``torch.compile`` the network; the first step's time,
+(torch threads of this case), ``compile`` (``torch.compile`` the network, or for ``joint_func``
+the whole loss function; the first step's time,
 compilation included, is reported as ``compile_s``; a failure is reported with its error).
 """
 from __future__ import annotations
@@ -30,6 +32,8 @@ CASES = [  # name, architecture, objective, options
     ("gradresnet-joint-1thread", "gradresnet", "joint", {"threads": 1}),
     ("gradresnet-ce-compiled", "gradresnet", "ce", {"compile": True}),
     ("gradresnet-joint-compiled", "gradresnet", "joint", {"compile": True}),
+    ("gradresnet-joint-func", "gradresnet", "joint_func", {}),
+    ("gradresnet-joint-func-compiled", "gradresnet", "joint_func", {"compile": True}),
 ]
 #: the training-set size the data cases gather from (CIFAR-10's)
 DATA_IMAGES = 50_000
@@ -40,9 +44,10 @@ def _one(args) -> dict:
     import torch
 
     from cdn.baselines.jem import JEMTrainer
+    from cdn.compiled import joint_loss
     from cdn.data import ImageDataset, epoch_permutation, fast_batch
     from cdn.joint import JointModel
-    from cdn.losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss
+    from cdn.losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
     from cdn.nets import build_net
     from cdn.plain_data import plain_loader
     from cdn.profiles import get_config
@@ -52,7 +57,9 @@ def _one(args) -> dict:
     torch.manual_seed(0)
     dev = torch.device(device)
     net = build_net(arch, 10, 3, width).to(dev)
-    run_net = torch.compile(net) if options.get("compile") else net
+    run_net = torch.compile(net) if options.get("compile") and objective != "joint_func" else net
+    func_loss = torch.compile(joint_loss) if options.get("compile") else joint_loss
+    params = dict(net.named_parameters())
     model = JointModel(run_net)
     opt = torch.optim.AdamW(net.parameters(), 1e-3)
     x = torch.rand(batch, 3, size, size, device=dev)
@@ -91,6 +98,9 @@ def _one(args) -> dict:
             loss, _ = CrossEntropyLoss()(model, x, c)
         elif objective == "joint":
             loss, _ = JointLoss()(model, x, c, gen)
+        elif objective == "joint_func":
+            sigma = SigmaSampler()(batch, gen, dev)
+            loss = func_loss(net, params, x, c, sigma, torch.randn(x.shape, generator=gen, device=dev))
         else:
             loss, _ = DenoisingMSELoss()(run_net, x, None, gen)
         opt.zero_grad(set_to_none=True)

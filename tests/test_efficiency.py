@@ -41,3 +41,30 @@ def test_jem_flops_are_affine_in_the_number_of_sgld_steps():
     # one SGLD step (a forward and a backward to the input) costs less than a cross-entropy step
     # (whose backward also computes the weights' gradients) and the joint step more
     assert f[1] - f[0] < flops_per_image("ce", width=2, size=8) < flops_per_image("joint", width=2, size=8)
+
+
+def test_functional_joint_loss_equals_joint_loss():
+    from cdn.compiled import joint_loss
+    from cdn.joint import JointModel
+    from cdn.losses import JointLoss, SigmaSampler
+    from cdn.nets import build_net
+
+    torch.manual_seed(0)
+    net = build_net("gradresnet", 4, 3, 4)
+    x, c = torch.rand(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    ref, _ = JointLoss()(JointModel(net), x, c, torch.Generator().manual_seed(7))
+    ref_grads = torch.autograd.grad(ref, list(net.parameters()), allow_unused=True)
+    g = torch.Generator().manual_seed(7)
+    sigma = SigmaSampler()(6, g)
+    eps = torch.randn(x.shape, generator=g)
+    params = dict(net.named_parameters())
+    loss = joint_loss(net, params, x, c, sigma, eps)
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    torch.testing.assert_close(loss, ref)
+    assert any(b is not None for b in ref_grads)
+    for a, b in zip(grads, ref_grads):
+        assert (a is None) == (b is None)
+        if b is not None:
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="sigma"):
+        joint_loss(net, params, x, c, sigma[:2], eps)
