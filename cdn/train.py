@@ -22,7 +22,7 @@ from . import distributed as D
 from .checkpoint import (atomic_save_tensors, atomic_write_text, latest_training_checkpoint,
                          load_training_checkpoint, remove_stale_tmp, restore_training_checkpoint,
                          save_training_checkpoint)
-from .data import ImageDataset, augment, epoch_permutation
+from .data import ImageDataset, epoch_permutation, fast_batch
 from .joint import JointModel
 from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
 from .nets import build_net
@@ -171,10 +171,7 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
             if epoch != perm_epoch:
                 perm, perm_epoch = epoch_permutation(n, epoch, config.seed).to(device), epoch
             idx = D.shard(perm[i * bs:(i + 1) * bs], info)
-            x = images[idx].float().div_(255)
-            c = labels[idx]
-            if config.augment:
-                x = augment(x, generator)
+            x, c = fast_batch(images, labels, idx, generator, config.augment)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             for group in optimizer.param_groups:

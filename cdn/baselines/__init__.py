@@ -1,0 +1,2 @@
+"""Baselines trained by methods other than the paper's: ``jem`` (Grathwohl et al. 2020, chapter
+"Efficiency")."""

@@ -1,0 +1,288 @@
+"""Accuracy against wall-clock time for the joint model and JEM under equal time budgets (chapter
+"Efficiency").
+
+Both are trained by the same loop (``accuracy_vs_time``): a batch from the fast data path
+(``cdn.data.fast_batch``, the data order of ``cdn.data.epoch_permutation``), one update of the
+trainer, the clock stopped while the test accuracy on a fixed seeded subset is measured every
+``eval_every_s`` seconds of training. The trainers differ only in their update: ``JointTrainer`` is
+one step of ``cdn.losses.JointLoss`` (one double backward), ``cdn.baselines.jem.JEMTrainer`` K SGLD
+steps then JEM's loss. Same network, width, batch, optimiser, learning rate and schedule (linear
+warm-up, then constant: a time budget fixes no step count for a cosine decay).
+
+The curves are cached as JSON under the runs root (``runs_root()/efficiency/``), keyed by a hash of
+the settings, so a book rebuild reads them instead of training again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+
+import torch
+
+from .baselines.jem import JEMTrainer
+from .checkpoint import atomic_write_text
+from .data import ImageDataset, epoch_permutation, fast_batch
+from .joint import JointModel
+from .profiles import CODE_VERSION, Config, get_config
+from .runs import resolve_data, runs_root
+from .train import _optimizer, default_device, make_loss, make_net, set_cpu_threads
+
+#: per profile: network width, batch, time budget per model (s), evaluation interval (s of training),
+#: test images, JEM's SGLD steps, peak learning rate and warm-up steps (the same for both models)
+EFFICIENCY_SETTINGS: dict[str, dict] = {
+    "smoke": dict(width=4, batch_size=32, budget_s=3.0, eval_every_s=1.0, test_size=128, k=20, lr=1e-3, warmup_steps=5),
+    "quick": dict(width=16, batch_size=64, budget_s=240.0, eval_every_s=20.0, test_size=1000, k=20, lr=1e-3,
+                  warmup_steps=50),
+}
+
+
+class JointTrainer:
+    """One update of the joint model of ``config`` (``cdn.losses.JointLoss``) with the optimiser and
+    gradient clipping of ``cdn.train``; ``logits`` takes pixels in [0, 1]."""
+
+    def __init__(self, config: Config, num_classes: int, in_channels: int, device=None, seed: int = 0):
+        self.config, self.device = config, torch.device(device or "cpu")
+        self.net = make_net(config, num_classes, in_channels).to(self.device)
+        self.model = JointModel(self.net)
+        self.loss_fn = make_loss(config)
+        self.optimizer = _optimizer(self.net, config, self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(x)
+
+    def step(self, x: torch.Tensor, c: torch.Tensor, lr: float | None = None) -> dict[str, float]:
+        """``loss = CE + lam * DSM`` on the batch, one optimiser step; returns the terms as floats."""
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        loss, terms = self.loss_fn(self.model, x, c, self.generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"joint loss is {loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return {k: float(v) for k, v in {**terms, "loss": loss.detach()}.items()}
+
+
+@torch.no_grad()
+def test_accuracy(trainer, test: ImageDataset, batch_size: int = 250) -> float:
+    """Accuracy of ``argmax trainer.logits(x)`` on the clean images of ``test``."""
+    trainer.net.eval()
+    correct = 0
+    for start in range(0, len(test), batch_size):
+        x = test.to_float(slice(start, start + batch_size), trainer.device)
+        correct += int((trainer.logits(x).argmax(1).cpu() == test.labels[start:start + batch_size]).sum())
+    trainer.net.train()
+    return correct / len(test)
+
+
+def accuracy_vs_time(trainer, train: ImageDataset, test: ImageDataset, budget_s: float, eval_every_s: float,
+                     batch_size: int, lr: float, warmup_steps: int, seed: int = 0) -> dict:
+    """Train ``trainer`` for ``budget_s`` seconds of training time (data and update; evaluation
+    excluded) and return ``{"curve": [{"seconds", "step", "accuracy"}, ...], "steps", "diverged"}``,
+    the accuracy measured at 0 s, every ``eval_every_s`` s and at the end. A ``FloatingPointError``
+    (JEM's divergence check) ends the curve and is recorded as ``diverged``."""
+    if budget_s <= 0 or eval_every_s <= 0:
+        raise ValueError(f"budget_s and eval_every_s must be > 0, got {budget_s}, {eval_every_s}")
+    if batch_size > len(train):
+        raise ValueError(f"batch_size {batch_size} is larger than the training set ({len(train)} images)")
+    dev = trainer.device
+    images, labels = train.images.to(dev), train.labels.to(dev)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    per_epoch = len(train) // batch_size
+    curve = [{"seconds": 0.0, "step": 0, "accuracy": test_accuracy(trainer, test)}]
+    clock, step, next_eval, perm_epoch, diverged = 0.0, 0, eval_every_s, -1, None
+    while clock < budget_s:
+        epoch, i = divmod(step, per_epoch)
+        t0 = time.perf_counter()
+        if epoch != perm_epoch:
+            perm, perm_epoch = epoch_permutation(len(train), epoch, seed).to(dev), epoch
+        x, c = fast_batch(images, labels, perm[i * batch_size:(i + 1) * batch_size], generator)
+        try:
+            trainer.step(x, c, lr * min(1.0, (step + 1) / warmup_steps))
+        except FloatingPointError as err:
+            diverged = {"step": step, "seconds": clock, "error": str(err)}
+            break
+        clock += time.perf_counter() - t0
+        step += 1
+        if clock >= next_eval or clock >= budget_s:
+            curve.append({"seconds": clock, "step": step, "accuracy": test_accuracy(trainer, test)})
+            while next_eval <= clock:
+                next_eval += eval_every_s
+    return {"curve": curve, "steps": step, "diverged": diverged}
+
+
+#: the models of the comparison: name -> (objective, architecture, learning rate or None for the
+#: profile's). JEM's SGLD step of 1 overshoots on GradResNet, whose log-energy term makes the score
+#: large (chapter "Efficiency"): JEM also runs on the literal architecture without that term, and there
+#: with its own learning rate 1e-4 as well.
+RACE_MODELS: dict[str, tuple[str, str, float | None]] = {
+    "joint": ("joint", "gradresnet", None),
+    "jem": ("jem", "gradresnet", None),
+    "jem-nologenergy": ("jem", "gradresnet-nologenergy", None),
+    "jem-nologenergy-lr1e-4": ("jem", "gradresnet-nologenergy", 1e-4),
+}
+
+
+def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refresh: bool = False,
+         models=tuple(RACE_MODELS)) -> dict:
+    """Accuracy against training time of the ``models`` of ``RACE_MODELS`` with the settings of
+    ``EFFICIENCY_SETTINGS[profile]``, each cached as JSON under ``runs_root()/efficiency/`` keyed by a
+    hash of its settings (``refresh`` recomputes). Returns ``{"settings", "data", "train_images",
+    "test_images", "device", "threads", "torch", "models": {name: accuracy_vs_time result + "arch"}}``."""
+    if profile not in EFFICIENCY_SETTINGS:
+        raise ValueError(f"no efficiency settings for profile {profile!r}; expected one of {', '.join(EFFICIENCY_SETTINGS)}")
+    unknown = set(models) - set(RACE_MODELS)
+    if unknown:
+        raise ValueError(f"unknown models {sorted(unknown)}; expected some of {', '.join(RACE_MODELS)}")
+    s = EFFICIENCY_SETTINGS[profile]
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cpu":
+        set_cpu_threads()
+    config = get_config(profile, "gradresnet", "cifar10", width=s["width"], batch_size=s["batch_size"],
+                        test_size=s["test_size"], lr=s["lr"], warmup_steps=s["warmup_steps"], seed=seed)
+    data = resolve_data(config, data_dir)
+    config = data.config
+    result = {"settings": s, "profile": profile, "seed": seed, "data": data.source, "train_images": len(data.train),
+              "test_images": len(data.test), "device": str(device), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "models": {}}
+    for name in models:
+        kind, arch, lr = RACE_MODELS[name]
+        key = json.dumps({"settings": s, "config": config.key(), "code_version": CODE_VERSION, "device": device.type,
+                          "model": [kind, arch] + ([lr] if lr is not None else [])}, sort_keys=True)
+        path = runs_root() / "efficiency" / f"{profile}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
+        if path.exists() and not refresh:
+            result["models"][name] = json.loads(path.read_text())
+            continue
+        cfg = dataclasses.replace(config, arch=arch)
+        shape = tuple(data.train.images.shape[1:])
+        trainer = (JointTrainer(cfg, data.train.num_classes, shape[0], device, seed) if kind == "joint" else
+                   JEMTrainer(cfg, data.train.num_classes, shape, device, k=s["k"]))
+        out = accuracy_vs_time(trainer, data.train, data.test, s["budget_s"], s["eval_every_s"], s["batch_size"],
+                               lr or s["lr"], s["warmup_steps"], seed)
+        out.update(arch=arch, kind=kind, lr=lr or s["lr"], threads=torch.get_num_threads(), device=str(device))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(out, indent=1))
+        result["models"][name] = out
+    return result
+
+
+def accuracy_at(curve: list[dict], seconds: float) -> float | None:
+    """The last accuracy measured at or before ``seconds`` of training on ``curve`` (None if none)."""
+    before = [p["accuracy"] for p in curve if p["seconds"] <= seconds]
+    return before[-1] if before else None
+
+
+class _FlopCount:
+    """Counts the FLOPs of the matrix multiplications and convolutions dispatched inside the block with
+    torch's own formulas (``torch.utils.flop_counter.flop_registry``). ``FlopCounterMode`` itself
+    cannot be used here: its module tracker raises under ``torch.autograd.grad``."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                formula = flop_registry.get(func._overloadpacket)
+                if formula is not None:
+                    counter.total += formula(*args, **(kwargs or {}), out_val=out)
+                return out
+
+        self.total, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+def flops_per_image(objective: str = "joint", arch: str = "gradresnet", width: int = 16, size: int = 32,
+                    num_classes: int = 10, k: int = 20) -> float:
+    """Floating-point operations of one training step per image (matrix multiplications and
+    convolutions, forward and every backward, the double backward included), counted on one CPU
+    image with torch's FLOP formulas: ``ce`` (forward + backward), ``joint`` (``JointLoss``) or ``jem``
+    (K SGLD steps + JEM's loss). One multiply-add counts 2."""
+    from .losses import CrossEntropyLoss, JointLoss
+
+    if objective not in ("ce", "joint", "jem"):
+        raise ValueError(f"objective must be 'ce', 'joint' or 'jem', got {objective!r}")
+    config = get_config("smoke", "gradresnet", arch=arch, width=width)
+    x, c = torch.rand(1, 3, size, size), torch.zeros(1, dtype=torch.long)
+    if objective == "jem":
+        trainer = JEMTrainer(config, num_classes, (3, size, size), k=k, buffer_size=1)
+        with _FlopCount() as counter:
+            trainer.step(x, c)
+        return float(counter.total)
+    model = JointModel(make_net(config, num_classes, 3))
+    loss_fn = JointLoss() if objective == "joint" else CrossEntropyLoss()
+    with _FlopCount() as counter:
+        loss, _ = loss_fn(model, x, c)
+        loss.backward()
+    return float(counter.total)
+
+
+def plot_accuracy_vs_time(result: dict, ax=None):
+    """Test accuracy against training time (evaluation excluded) of the models of ``race``."""
+    import matplotlib.pyplot as plt
+
+    from .plots import color_for
+
+    if ax is None:
+        _, ax = plt.subplots()
+    k = result["settings"]["k"]
+    labels = {"joint": "GradResNet (joint, one double backward)", "jem": f"JEM on GradResNet (K = {k})",
+              "jem-nologenergy": f"JEM on GradResNet without log-energy term (K = {k})",
+              "jem-nologenergy-lr1e-4": f"JEM, no log-energy term, lr 1e-4 (K = {k})"}
+    for i, (name, m) in enumerate(result["models"].items()):
+        t = [p["seconds"] for p in m["curve"]]
+        a = [100 * p["accuracy"] for p in m["curve"]]
+        ax.plot(t, a, marker="o", color=color_for(labels.get(name, name), i + 1), label=labels.get(name, name))
+        if m.get("diverged"):
+            ax.plot(t[-1:], a[-1:], marker="x", color="k", markersize=9)
+    ax.set_xlabel("training time (s, evaluation excluded)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    return ax.figure, ax
+
+
+def plot_sweep(sweep: dict, metric: str = "seconds_per_step", axes=None):
+    """Time per step (or ``metric``) against batch size, one line per width and case, from the
+    ``python -m benchmarks --sweep`` JSON; second panel: joint / cross-entropy step time per width."""
+    import matplotlib.pyplot as plt
+
+    from .plots import PALETTE
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
+    rows = [r for r in sweep["rows"] if r.get(metric)]
+    widths = sorted({r["width"] for r in rows})
+    for i, w in enumerate(widths):
+        for case, style in (("gradresnet-ce", "--"), ("gradresnet-joint", "-")):
+            pts = sorted((r["batch"], r[metric]) for r in rows if r["width"] == w and r["case"] == case)
+            if pts:
+                axes[0].plot(*zip(*pts), style, marker="o", color=PALETTE[i % len(PALETTE)],
+                             label=f"width {w}, {'joint' if case.endswith('joint') else 'cross-entropy'}")
+        t = {(r["case"], r["batch"]): r[metric] for r in rows if r["width"] == w}
+        ratio = sorted((b, t[("gradresnet-joint", b)] / t[("gradresnet-ce", b)]) for (cs, b) in t
+                       if cs == "gradresnet-ce" and ("gradresnet-joint", b) in t)
+        if ratio:
+            axes[1].plot(*zip(*ratio), marker="o", color=PALETTE[i % len(PALETTE)], label=f"width {w}")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("seconds per training step")
+    axes[0].legend(fontsize=7)
+    axes[1].set_ylabel("joint step / cross-entropy step")
+    axes[1].legend()
+    axes[0].figure.tight_layout()
+    return axes[0].figure, axes
