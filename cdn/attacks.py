@@ -161,14 +161,18 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, c: torch.Tensor, eps: float, norm: str = "Linf",
-                    methods=("pgd", "apgd"), seed: int = 0, **kwargs) -> dict:
+                    methods=("pgd", "apgd"), seed: int = 0, candidates: torch.Tensor | None = None, **kwargs) -> dict:
     """Accuracy of ``model`` on ``x`` under each attack of ``methods`` in turn, each run only on the
     images that are still classified correctly (AutoAttack's protocol): ``{"eps", "norm", "clean",
-    <method>: accuracy after the attacks up to it, "accuracy": after all of them}``. An image counts
-    as robust only if no attack fooled it; ``kwargs`` go to ``attack``."""
+    <method>: accuracy after the attacks up to it, "accuracy": after all of them, "robust": per-image
+    booleans}``. An image counts as robust only if no attack fooled it; ``candidates`` (booleans)
+    marks the images still robust at a smaller eps (the others are already fooled at this eps, since
+    the smaller ball lies inside this one); ``kwargs`` go to ``attack``."""
     check_attack_input(x, c, eps, norm)
     torch.manual_seed(seed)
     correct = predict(model, x) == c
+    if candidates is not None:
+        correct &= torch.as_tensor(candidates, dtype=torch.bool, device=correct.device)
     out = {"eps": float(eps), "norm": norm, "clean": correct.float().mean().item()}
     for method in methods:
         idx = correct.nonzero().flatten()
@@ -178,13 +182,20 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, c: torch.Tensor, eps: flo
             correct[idx] = predict(model, adv) == c[idx]
         out[method] = correct.float().mean().item()
     out["accuracy"] = correct.float().mean().item()
+    out["robust"] = correct.tolist()
     return out
 
 
 def accuracy_curve(model: nn.Module, x: torch.Tensor, c: torch.Tensor, eps_list, norm: str = "Linf",
                    **kwargs) -> list[dict]:
-    """``robust_accuracy`` for each eps of ``eps_list`` (a curve of the chapter)."""
-    return [robust_accuracy(model, x, c, float(eps), norm, **kwargs) for eps in eps_list]
+    """``robust_accuracy`` for each eps of ``eps_list`` in increasing order (a curve of the chapter),
+    each attacking only the images still robust at the previous eps: an adversarial example in the
+    smaller ball is one in the larger, so the curve never rises."""
+    rows, robust = [], None
+    for eps in sorted(float(e) for e in eps_list):
+        rows.append(robust_accuracy(model, x, c, eps, norm, candidates=robust, **kwargs))
+        robust = rows[-1]["robust"]
+    return rows
 
 
 # --------------------------------------------------------------- difference of denoisers --

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cdn.attacks import (Classifier, NoiseAveraged, attack, cross_entropy, denoiser_difference,
+from cdn.attacks import (Classifier, NoiseAveraged, accuracy_curve, attack, cross_entropy, denoiser_difference,
                          robust_accuracy)
 from cdn.joint import JointModel
 from cdn.nets import GradResNet
@@ -165,3 +165,16 @@ def test_adversarial_gradient_is_a_difference_of_denoisers_float64(sigma):
     directional = (out["diff"] * v).flatten(1).sum(1)
     assert torch.allclose(directional, fd, rtol=1e-6, atol=1e-9)
     assert fd.abs().min() > 1e-4  # not trivially zero
+
+
+def test_accuracy_curve_never_rises_and_starts_at_clean_accuracy():
+    model = Classifier(_tiny_net(4))
+    x, _ = _images(12, seed=4)
+    c = model(x).argmax(1)  # every image correct at eps = 0
+    rows = accuracy_curve(model, x, c, [0.5, 0.0, 0.1, 1.0], "L2", steps=3)
+    assert [r["eps"] for r in rows] == [0.0, 0.1, 0.5, 1.0]
+    assert rows[0]["accuracy"] == 1.0
+    acc = [r["accuracy"] for r in rows]
+    assert acc == sorted(acc, reverse=True) and acc[-1] < 1.0
+    for a, b in zip(rows, rows[1:]):  # robust at a larger eps implies robust at the smaller one
+        assert all(rb <= ra for ra, rb in zip(a["robust"], b["robust"]))
