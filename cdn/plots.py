@@ -79,6 +79,17 @@ def _axes(ax, figsize=None):
     return fig, ax
 
 
+def _title_and_legend(ax, title: str | None, legend: str | None) -> None:
+    """Set the title; place the legend inside (``legend`` a matplotlib location), outside to the
+    right (``"right"``) or nowhere (None)."""
+    if title:
+        ax.set_title(title)
+    if legend == "right":
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    elif legend is not None:
+        ax.legend(loc=legend)
+
+
 def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=None, ylabel: str | None = None,
                     title: str | None = None, percent: bool = False, linthresh: float = 0.01,
                     legend: str | None = "best"):
@@ -113,12 +124,7 @@ def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=Non
     ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
     ax.set_xlabel("noise level σ (pixels in [0, 1])")
     ax.set_ylabel(ylabel or (metric + (" (%)" if percent else "")))
-    if title:
-        ax.set_title(title)
-    if legend == "right":
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    elif legend is not None:
-        ax.legend(loc=legend)
+    _title_and_legend(ax, title, legend)
     return fig, ax
 
 
@@ -144,12 +150,7 @@ def accuracy_curves(curves: Mapping[str, Sequence[Mapping]], x: str, ax=None, xl
     ax.set_ylim(-3, 103)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel("accuracy (%)")
-    if title:
-        ax.set_title(title)
-    if legend == "right":
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    elif legend is not None:
-        ax.legend(loc=legend)
+    _title_and_legend(ax, title, legend)
     return fig, ax
 
 
