@@ -79,6 +79,17 @@ def _axes(ax, figsize=None):
     return fig, ax
 
 
+def _title_and_legend(ax, title: str | None, legend: str | None) -> None:
+    """Set the title; place the legend inside (``legend`` a matplotlib location), outside to the
+    right (``"right"``) or nowhere (None)."""
+    if title:
+        ax.set_title(title)
+    if legend == "right":
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    elif legend is not None:
+        ax.legend(loc=legend)
+
+
 def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=None, ylabel: str | None = None,
                     title: str | None = None, percent: bool = False, linthresh: float = 0.01,
                     legend: str | None = "best"):
@@ -113,13 +124,42 @@ def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=Non
     ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
     ax.set_xlabel("noise level σ (pixels in [0, 1])")
     ax.set_ylabel(ylabel or (metric + (" (%)" if percent else "")))
-    if title:
-        ax.set_title(title)
-    if legend == "right":
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    elif legend is not None:
-        ax.legend(loc=legend)
+    _title_and_legend(ax, title, legend)
     return fig, ax
+
+
+def accuracy_curves(curves: Mapping[str, Sequence[Mapping]], x: str, ax=None, xlabel: str | None = None,
+                    title: str | None = None, xticks: Sequence[float] | None = None,
+                    xticklabels: Sequence[str] | None = None, legend: str | None = "best", markers: bool = True):
+    """Plot accuracy (in %) against ``x`` (e.g. the attack budget ``eps`` or the certified radius)
+    for several models: ``curves`` maps a label to rows ``[{x: ..., "accuracy": ...}, ...]``. Labels
+    holding "noise-averaged" or "smoothed" are dashed (chapter "Robustness"). Returns ``(fig, ax)``."""
+    if not curves:
+        raise ValueError(f"curves is empty: expected {{label: [{{'{x}': ..., 'accuracy': ...}}, ...]}}")
+    fig, ax = _axes(ax)
+    marks = "osD^vP*X"
+    for i, (label, rows) in enumerate(curves.items()):
+        dashed = "noise-averaged" in label or "smoothed" in label
+        ax.plot([r[x] for r in rows], [100 * r["accuracy"] for r in rows], color=color_for(label, i), label=label,
+                marker=marks[i % len(marks)] if markers else None, linestyle="--" if dashed else "-")
+    if xticks is not None:
+        ax.set_xticks(list(xticks))
+        ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
+        if xticklabels is not None:
+            ax.set_xticklabels(list(xticklabels))
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel("accuracy (%)")
+    _title_and_legend(ax, title, legend)
+    return fig, ax
+
+
+def signed_images(images) -> torch.Tensor:
+    """Signed images (perturbations, gradients) mapped to [0, 1] for display: ``0.5 + v / (2 max|v|)``
+    per image, so grey is zero (chapter "Robustness")."""
+    v = torch.as_tensor(images).detach().float().cpu()
+    scale = v.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (v.ndim - 1)))
+    return 0.5 + v / (2 * scale)
 
 
 def _to_numpy_images(images) -> np.ndarray:

@@ -9,6 +9,7 @@ or trained.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import platform
 import subprocess
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import REPO_ROOT
+from .checkpoint import atomic_write_text
+from .data import REPO_ROOT, cache_dir
 from .profiles import get_config
 from .runs import Data, Run, get_or_train, resolve_data
 
@@ -344,6 +346,35 @@ def photo(size: int, channels: int = 3, name: str = "astronaut") -> torch.Tensor
     return torch.from_numpy(np.clip(img, 0, 1).transpose(2, 0, 1).copy()).float()
 
 
+# --------------------------------------------------------------------- cached chapter results --
+
+def file_digest(*paths) -> str:
+    """A short sha256 of the bytes of ``paths`` (a run's weights, the source of the modules that
+    computed a result), for the keys of ``cached_json``."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_json(name: str, key: dict, compute):
+    """``compute()`` (a JSON-serialisable result), cached as ``<cache>/chapters/<name>-<hash>.json``
+    (``cdn.data.cache_dir()``, i.e. ``$CDN_CACHE`` or ``~/.cache/cdn``) under the sha256 of ``key``:
+    a chapter's expensive results (e.g. attack curves, chapter "Robustness") are computed once per
+    key. Put in ``key`` everything the result depends on: run names and ``file_digest`` of their
+    weights and of the computing modules, sizes, seed."""
+    text = json.dumps(key, sort_keys=True)
+    path = cache_dir() / "chapters" / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == json.loads(text):
+            return cached["value"]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": key, "value": value}))
+    return value
+
+
 # ---------------------------------------------------------------------- committed results --
 
 def committed_results(results_dir: str | Path | None = None) -> list[Path]:
@@ -391,7 +422,7 @@ def published_references():
     return pd.DataFrame([{k: r[k] for k in ("model", "cifar10_accuracy", "source")} for r in PUBLISHED_REFERENCES])
 
 
-__all__ = ["PUBLISHED_REFERENCES", "MODEL_LABELS", "TRAINING_SUMMARY_FORMAT", "ModelRun", "chapter_runs", "classification_table",
+__all__ = ["PUBLISHED_REFERENCES", "MODEL_LABELS", "TRAINING_SUMMARY_FORMAT", "ModelRun", "cached_json", "chapter_runs", "classification_table",
            "committed_results", "data_source", "denoising_table", "device_description", "git_commit",
-           "headline_rows", "load_result", "model_label", "nlmeans_denoiser", "photo", "provenance", "provenance_box", "provenance_markdown",
+           "file_digest", "headline_rows", "load_result", "model_label", "nlmeans_denoiser", "photo", "provenance", "provenance_box", "provenance_markdown",
            "psnr_curves", "published_references", "tile", "training_summary", "untile"]
