@@ -5,16 +5,19 @@ PY      := $(VENV)/bin/python
 PROFILE ?= quick
 # torch is pinned to what this project is tested with; on a GPU machine set TORCH_SPEC to your build
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# without its dependencies: see the note in pyproject.toml
+TORCHATTACKS_SPEC ?= torchattacks>=3.5,<4
 
 .PHONY: setup chromium test test-fast book bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[book,dev]"
+	$(PY) -m pip install -q --no-deps '$(TORCHATTACKS_SPEC)'
 	touch $@
 
 # headless Chromium for the rendered-book test (Debian's package)

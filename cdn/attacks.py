@@ -19,7 +19,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchattacks
+try:
+    import torchattacks
+except ImportError as e:  # not a pyproject dependency: see the note there
+    raise ImportError("cdn.attacks needs torchattacks: `pip install --no-deps 'torchattacks>=3.5,<4'` "
+                      "(make setup does it; --no-deps because its metadata pins an old requests)") from e
 from torch import nn
 
 from .joint import JointModel, check_image
