@@ -378,12 +378,14 @@ def cached_json(name: str, key: dict, compute):
 # ---------------------------------------------------------------------- committed results --
 
 def committed_results(results_dir: str | Path | None = None) -> list[Path]:
-    """The result files (``*.json``, ``*.csv``) committed under ``results/`` (recursively), sorted;
-    an empty list when there are none or the folder is missing."""
+    """The GPU result files (``*.json``, ``*.csv``) committed under ``results/paper-*/`` (one folder
+    per paper-profile run, chapter "Results"), sorted; an empty list when there are none. The CPU
+    benchmark files directly under ``results/`` belong to chapter "Efficiency" and are not listed."""
     root = Path(results_dir) if results_dir is not None else REPO_ROOT / "results"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".json", ".csv"))
+    return sorted(p for d in root.glob("paper-*") if d.is_dir() for p in d.rglob("*")
+                  if p.is_file() and p.suffix.lower() in (".json", ".csv"))
 
 
 def load_result(path: str | Path):

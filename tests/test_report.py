@@ -21,3 +21,17 @@ def test_cached_json_computes_once_per_key(tmp_path, monkeypatch):
     weights.write_bytes(b"weights v2")
     assert report.cached_json("robustness-test", {**key, "weights": report.file_digest(weights)}, compute)["n"] == 3
     assert len(list((tmp_path / "cache" / "chapters").glob("robustness-test-*.json"))) == 3
+
+
+def test_committed_results_lists_paper_runs_only(tmp_path):
+    from cdn.report import committed_results, load_result
+
+    assert committed_results(tmp_path / "missing") == []
+    (tmp_path / "bench-cpu-2core.json").write_text('{"rows": []}')  # a CPU benchmark: not a GPU result
+    run = tmp_path / "paper-cifar10"
+    (run / "logs").mkdir(parents=True)
+    (run / "per_sigma.csv").write_text("sigma,accuracy\n0.0,0.9\n0.1,0.8\n")
+    (run / "logs" / "metrics.json").write_text('[{"a": 1}]')
+    (run / "RUN.md").write_text("notes")
+    assert committed_results(tmp_path) == [run / "logs" / "metrics.json", run / "per_sigma.csv"]
+    assert load_result(run / "per_sigma.csv")["accuracy"].tolist() == [0.9, 0.8]
