@@ -375,6 +375,37 @@ def cached_json(name: str, key: dict, compute):
     return value
 
 
+# ------------------------------------------------------------------- chapter summaries --
+
+def save_summary(name: str, profile: str, table, caption: str, data_source: str = "") -> Path:
+    """Keep a chapter's headline table (a pandas DataFrame) for the Results chapter, as JSON in
+    ``<cache>/summaries/<profile>/<name>.json`` with its caption, the data, the commit and the date.
+    Used by chapters "Efficiency", "Robustness" and "Corruptions"; read by ``load_summaries``."""
+    if profile not in ("smoke", "quick", "paper"):
+        raise ValueError(f"profile must be smoke, quick or paper, got {profile!r}")
+    path = cache_dir() / "summaries" / profile / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"name": name, "caption": caption, "data": data_source, "commit": git_commit(),
+              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "table": json.loads(table.to_json(orient="split"))}
+    atomic_write_text(path, json.dumps(record, indent=1))
+    return path
+
+
+def load_summaries(profile: str) -> list[dict]:
+    """The summaries ``save_summary`` kept for ``profile``, sorted by name, each with its table back
+    as a DataFrame under ``"frame"`` (chapter "Results")."""
+    import pandas as pd
+
+    out = []
+    for path in sorted((cache_dir() / "summaries" / profile).glob("*.json")):
+        record = json.loads(path.read_text())
+        t = record["table"]
+        record["frame"] = pd.DataFrame(t["data"], index=t["index"], columns=t["columns"])
+        out.append(record)
+    return out
+
+
 # ---------------------------------------------------------------------- committed results --
 
 def committed_results(results_dir: str | Path | None = None) -> list[Path]:
@@ -425,6 +456,6 @@ def published_references():
 
 
 __all__ = ["PUBLISHED_REFERENCES", "MODEL_LABELS", "TRAINING_SUMMARY_FORMAT", "ModelRun", "cached_json", "chapter_runs", "classification_table",
-           "committed_results", "data_source", "denoising_table", "device_description", "git_commit",
+           "committed_results", "load_summaries", "save_summary", "data_source", "denoising_table", "device_description", "git_commit",
            "file_digest", "headline_rows", "load_result", "model_label", "nlmeans_denoiser", "photo", "provenance", "provenance_box", "provenance_markdown",
            "psnr_curves", "published_references", "tile", "training_summary", "untile"]

@@ -35,3 +35,21 @@ def test_committed_results_lists_paper_runs_only(tmp_path):
     (run / "RUN.md").write_text("notes")
     assert committed_results(tmp_path) == [run / "logs" / "metrics.json", run / "per_sigma.csv"]
     assert load_result(run / "per_sigma.csv")["accuracy"].tolist() == [0.9, 0.8]
+
+
+def test_chapter_summaries_round_trip(tmp_path, monkeypatch):
+    import pandas as pd
+    import pytest
+
+    from cdn.report import load_summaries, save_summary
+
+    monkeypatch.setenv("CDN_CACHE", str(tmp_path))
+    table = pd.DataFrame({"Linf 2/255": [0.275, 0.145]}, index=["joint", "ce"])
+    save_summary("robustness", "quick", table, "Robust accuracy", "CIFAR-10")
+    save_summary("efficiency", "quick", pd.DataFrame({"ratio": [3.3]}, index=["joint/CE"]), "Cost")
+    got = load_summaries("quick")
+    assert [r["name"] for r in got] == ["efficiency", "robustness"] and load_summaries("smoke") == []
+    pd.testing.assert_frame_equal(got[1]["frame"], table)
+    assert got[1]["caption"] == "Robust accuracy" and got[1]["data"] == "CIFAR-10"
+    with pytest.raises(ValueError, match="profile must be smoke, quick or paper"):
+        save_summary("x", "fast", table, "")
