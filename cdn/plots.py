@@ -26,6 +26,7 @@ _FIXED = [
     ("GradResNet (joint", "#0072B2"),
     ("gradresnet-ce", "#56B4E9"),
     ("cross-entropy only", "#56B4E9"),
+    ("mollif", "#882255"),
     ("ResNet-18 + noise", "#E69F00"),
     ("resnet18-noise", "#E69F00"),
     ("ResNet-18", "#D55E00"),
