@@ -9,7 +9,8 @@ noise of std 0.04 to 0.10 there, 0.08 to 0.38 here; blur radii of a few pixels h
 image). Our benchmark is therefore harsher than CIFAR-10-C and its numbers are not comparable with
 published CIFAR-10-C results; the ranking of models on it is what the chapter reads.
 
-Generation is offline and deterministic: image ``i`` of the test set under ``corruption`` is made
+Generation is offline and deterministic, on a seeded random sample of the test set (test sets are
+often sorted by class): image ``i`` of that sample under ``corruption`` is made
 with the seed ``image_seed(seed, corruption, i)`` at every severity (common random numbers: two
 severities differ by their strength only, not by their draw), uint8 in and uint8 out. The result is
 cached under ``$CDN_CACHE/corruptions`` (default ``~/.cache/cdn``) in one ``.npz`` per corruption,
@@ -41,6 +42,9 @@ CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", 
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
                "jpeg_compression")
 SEVERITIES = (1, 2, 3, 4, 5)
+#: the four families of Hendrycks and Dietterich (the package's ``get_corruption_names`` subsets)
+GROUPS = {"noise": CORRUPTIONS[0:3], "blur": CORRUPTIONS[3:7], "weather": CORRUPTIONS[7:11],
+          "digital": CORRUPTIONS[11:15]}
 #: consecutive severities whose mean squared change need not grow with the package's constants, and
 #: why (tests/test_corruptions.py: every other consecutive pair must grow, these must stay within 25%)
 NON_MONOTONE = {
@@ -129,9 +133,9 @@ def corrupt_images(images: torch.Tensor, corruption: str, severity: int, seed: i
 
 @dataclass
 class Benchmark:
-    """Corrupted copies of the first ``n`` test images: ``images[corruption]`` is uint8
-    (5, n, C, H, W), one slice per severity; ``seconds[corruption]`` what generating it cost (when
-    it was made, possibly in an earlier session)."""
+    """Corrupted copies of ``n`` test images (``index`` into the test set): ``images[corruption]`` is
+    uint8 (5, n, C, H, W), one slice per severity; ``seconds[corruption]`` what generating it cost
+    (when it was made, possibly in an earlier session)."""
 
     clean: torch.Tensor
     labels: torch.Tensor
@@ -140,6 +144,7 @@ class Benchmark:
     num_classes: int
     key: str
     source: str
+    index: torch.Tensor
     cached: dict[str, bool] = field(default_factory=dict)
 
     @property
@@ -156,14 +161,17 @@ def _key(clean: torch.Tensor, corruptions, seed: int) -> str:
 
 def load_benchmark(test: ImageDataset, n_images: int, corruptions=CORRUPTIONS, seed: int = 0,
                    cache: str | Path | None = None, log=print) -> Benchmark:
-    """The benchmark of the first ``n_images`` images of ``test`` under ``corruptions`` at every
-    severity: read from the cache, or generated (``corrupt_images``) and cached. ``cache`` defaults to
-    ``$CDN_CACHE/corruptions``."""
+    """The benchmark of ``n_images`` images of ``test`` (a random sample in random order, drawn with
+    ``seed``) under ``corruptions`` at every severity: read from the cache, or generated
+    (``corrupt_images``) and cached. ``cache`` defaults to ``$CDN_CACHE/corruptions``."""
     if not 1 <= n_images <= len(test):
         raise ValueError(f"n_images must be in [1, {len(test)}] (the test set's size), got {n_images}")
     for c in corruptions:
         _check_corruption(c)
-    clean = test.images[:n_images].contiguous()
+    # a seeded random sample in random order: test sets are often sorted by class, and the first
+    # ``holdout`` images of the benchmark must be a fair sample too
+    index = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n_images]
+    clean = test.images[index].contiguous()
     key = _key(clean, corruptions, seed)
     folder = Path(cache) if cache is not None else cache_dir() / "corruptions"
     folder = folder / key
@@ -184,8 +192,9 @@ def load_benchmark(test: ImageDataset, n_images: int, corruptions=CORRUPTIONS, s
         if log is not None:
             log(f"[cdn] corruptions: {corruption} on {n_images} images x {len(SEVERITIES)} severities "
                 f"in {seconds[corruption]:.1f} s")
-    return Benchmark(clean, test.labels[:n_images].clone(), images, seconds, test.num_classes, key,
-                     f"{test.source}, first {n_images} images; {PACKAGE} {package_version()}", cached)
+    return Benchmark(clean, test.labels[index].clone(), images, seconds, test.num_classes, key,
+                     f"{test.source}, {n_images} images drawn with seed {seed}; {PACKAGE} {package_version()}",
+                     index, cached)
 
 
 def strength_table(bench: Benchmark):
@@ -324,6 +333,13 @@ def per_corruption_table(result: BenchmarkResult, metric: str = "accuracy"):
     df = df[df.corruption != "clean"]
     table = df.pivot_table(index="model", columns="corruption", values=metric, aggfunc="mean", sort=False)
     return table.loc[list(dict.fromkeys(df.model)), list(dict.fromkeys(df.corruption))]
+
+
+def per_group_table(result: BenchmarkResult, metric: str = "accuracy"):
+    """A pandas DataFrame of ``metric`` averaged over the corruptions of each family of ``GROUPS``
+    (noise, blur, weather, digital) and their severities: one row per model, one column per family."""
+    table = per_corruption_table(result, metric)
+    return table.T.groupby(lambda c: next(g for g, cs in GROUPS.items() if c in cs), sort=False).mean().T
 
 
 def per_severity_table(result: BenchmarkResult, metric: str = "accuracy"):

@@ -27,6 +27,8 @@ def test_corruption_list_is_the_packages_common_fifteen():
 
     assert C.CORRUPTIONS == tuple(get_corruption_names("common"))
     assert len(C.CORRUPTIONS) == 15
+    for group, names in C.GROUPS.items():
+        assert names == tuple(get_corruption_names(group))
 
 
 @pytest.mark.parametrize("corruption", C.CORRUPTIONS)
@@ -91,9 +93,11 @@ def test_benchmark_is_cached_without_pickle_and_keyed_by_the_images(photos, tmp_
     assert all(again.cached.values())
     for name in first.images:
         assert torch.equal(first.images[name], again.images[name])
-        assert torch.equal(first.images[name][2], C.corrupt_images(photos[:4], name, 3, seed=0))
+        assert torch.equal(first.images[name][2], C.corrupt_images(photos[first.index], name, 3, seed=0))
+    assert len(set(first.index.tolist())) == 4 and torch.equal(first.clean, photos[first.index])
+    assert torch.equal(first.labels, data.labels[first.index])
     changed = photos.clone()
-    changed[0, 0, 0, 0] ^= 1
+    changed[first.index[0], 0, 0, 0] ^= 1
     other = C.load_benchmark(_dataset(changed), 4, ("shot_noise",), seed=0, cache=tmp_path, log=None)
     assert other.key != first.key and not any(other.cached.values())
     with pytest.raises(ValueError, match="n_images"):
@@ -127,6 +131,7 @@ def test_evaluate_benchmark_rows_and_matched_sigma(photos, tmp_path):
     assert set(res.matched["m, matched σ"].values()) == {0.0}
     table = C.summary_table(res)
     assert table.loc["m", "corrupted accuracy"] == pytest.approx(acc)
+    assert C.per_group_table(res).loc["m", "weather"] == pytest.approx(acc)  # brightness is weather
     assert len(res.confidence["m"]) == 5 * 4
     with pytest.raises(ValueError, match="matched"):
         C.evaluate_benchmark({"m": model}, bench, holdout=4, sigmas=(0.1,), matched=["m"], log=None)
