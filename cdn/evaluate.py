@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from . import distributed
 from .data import ImageDataset
-from .joint import JointModel
+from .joint import JointModel, upcast
 
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 DENOISE_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.4)
@@ -53,11 +53,36 @@ def classification_vs_sigma(model: JointModel, data: ImageDataset, sigmas=DEFAUL
             y = x + sigma * _noise(x.shape, si, bi, seed, device)
             mine[bi] = model.classify(y, sigma).float().cpu()
         gathered = {bi: lp for part in distributed.gather_objects(mine, info) for bi, lp in part.items()}
-        logp, c = torch.cat([gathered[bi] for bi in range(num_batches)]), data.labels[:len(data)]
-        rows.append({"sigma": float(sigma), "accuracy": (logp.argmax(1) == c).float().mean().item(),
-                     "nll": F.nll_loss(logp, c).item(),
-                     "ece": multiclass_calibration_error(logp.exp(), c, data.num_classes, n_bins=15).item()})
+        logp = torch.cat([gathered[bi] for bi in range(num_batches)])
+        rows.append({"sigma": float(sigma), **classification_metrics(logp, data.labels, data.num_classes)})
     return rows
+
+
+def classification_metrics(logp: torch.Tensor, labels: torch.Tensor, num_classes: int, n_bins: int = 15) -> dict:
+    """``{"accuracy", "nll", "ece"}`` of log-probabilities ``logp`` (N, K): the fraction with
+    ``argmax = label``, the mean of ``-log p(label)``, and the expected calibration error of
+    torchmetrics, ``sum_b (n_b / N) |acc_b - conf_b|`` over ``n_bins`` equal bins of the confidence
+    ``max_c p(c)`` (chapters "Classification" and "Corruptions and calibration")."""
+    logp = upcast(logp)  # float64 stays float64
+    return {"accuracy": (logp.argmax(1) == labels).double().mean().item(), "nll": F.nll_loss(logp, labels).item(),
+            "ece": multiclass_calibration_error(logp.exp(), labels, num_classes, n_bins=n_bins).item()}
+
+
+def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> dict[str, torch.Tensor]:
+    """The reliability diagram's bins, those of torchmetrics' ECE: ``n_bins`` equal intervals
+    ``[b/n_bins, (b+1)/n_bins)`` of the confidence (torchmetrics gives a confidence of exactly 1 a bin
+    of its own; here it joins the last bin); per bin ``count``, mean ``confidence`` and ``accuracy``
+    (NaN for empty bins), so that ``ECE = sum_b count_b / N |accuracy_b - confidence_b|``."""
+    if confidence.shape != correct.shape or confidence.ndim != 1:
+        raise ValueError(f"confidence and correct must be 1-d of equal length, got {tuple(confidence.shape)} "
+                         f"and {tuple(correct.shape)}")
+    conf, corr = confidence.double(), correct.double()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
+    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, torch.ones_like(conf))
+    sum_conf = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf)
+    sum_corr = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, corr)
+    return {"edges": edges, "count": count, "confidence": sum_conf / count, "accuracy": sum_corr / count}
 
 
 Denoiser = Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]

@@ -26,6 +26,7 @@ _FIXED = [
     ("GradResNet (joint", "#0072B2"),
     ("gradresnet-ce", "#56B4E9"),
     ("cross-entropy only", "#56B4E9"),
+    ("mollif", "#882255"),
     ("ResNet-18 + noise", "#E69F00"),
     ("resnet18-noise", "#E69F00"),
     ("ResNet-18", "#D55E00"),
@@ -314,5 +315,30 @@ def bar_by_class(values: Sequence[float], classes: Sequence[str], ax=None, highl
     return fig, ax
 
 
+def reliability_diagram(bins: Mapping[str, torch.Tensor], ax=None, title: str | None = None, color: str | None = None):
+    """Reliability diagram from ``cdn.evaluate.reliability_bins``: the accuracy of each confidence bin
+    as a bar, the bin's mean confidence as a tick, the diagonal of perfect calibration, and the
+    fraction of predictions per bin as a grey line. Returns ``(fig, ax)``."""
+    fig, ax = _axes(ax, figsize=(3.2, 3.2))
+    edges = bins["edges"].numpy()
+    width, centres = np.diff(edges), (edges[:-1] + edges[1:]) / 2
+    count = bins["count"].numpy()
+    full = count > 0
+    colour = color or PALETTE[0]
+    ax.bar(centres[full], bins["accuracy"].numpy()[full], width=width[full], color=colour, alpha=0.75,
+           edgecolor="white", label="accuracy")
+    ax.scatter(centres[full], bins["confidence"].numpy()[full], marker="_", s=120, color="#333333",
+               label="mean confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1)
+    ax.plot(centres[full], count[full] / count.sum(), color="#bbbbbb", linewidth=1, label="fraction of images")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence max p(c | y)")
+    ax.set_ylabel("accuracy")
+    if title:
+        ax.set_title(title)
+    return fig, ax
+
+
 __all__ = ["PALETTE", "STYLE", "bar_by_class", "color_for", "image_grid", "image_rows", "metric_vs_sigma",
-           "sigma_histogram", "show_image", "training_curves", "use_style"]
+           "reliability_diagram", "sigma_histogram", "show_image", "training_curves", "use_style"]

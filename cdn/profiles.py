@@ -18,7 +18,7 @@ PROFILES = ("smoke", "quick", "paper")
 #: bumped whenever a change to the networks or the training loop makes old runs incomparable;
 #: part of every run's hash, so such a change never reuses a stale run
 CODE_VERSION = 2
-OBJECTIVES = ("joint", "ce", "ce_noise", "mse")
+OBJECTIVES = ("joint", "ce", "ce_noise", "mse", "mollify")
 
 #: model name -> (architecture, objective, noise_conditioning)
 MODELS: dict[str, tuple[str, str, bool]] = {
@@ -27,6 +27,7 @@ MODELS: dict[str, tuple[str, str, bool]] = {
     "gradresnet-ce": ("gradresnet", "ce", False),          # same net, cross-entropy alone
     "resnet18": ("resnet18", "ce", False),                 # discriminative baseline
     "resnet18-noise": ("resnet18", "ce_noise", False),     # ... with Gaussian-noise augmentation
+    "resnet18-mollify": ("resnet18", "mollify", False),    # ... with data mollification (cdn.mollify)
     "unet": ("unet", "mse", False),                        # denoise-only baseline (bias-free UNet)
     "gradresnet-relu": ("gradresnet-relu", "joint", False),          # ablations
     "gradresnet-batchnorm": ("gradresnet-batchnorm", "joint", False),

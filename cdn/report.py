@@ -49,6 +49,7 @@ MODEL_LABELS = {
     "gradresnet-ce": "GradResNet (cross-entropy only)",
     "resnet18": "ResNet-18",
     "resnet18-noise": "ResNet-18 + noise augmentation",
+    "resnet18-mollify": "ResNet-18 + mollification",
     "unet": "UNet (denoise only)",
 }
 

@@ -25,6 +25,7 @@ from .checkpoint import (atomic_save_tensors, atomic_write_text, latest_training
 from .data import ImageDataset, epoch_permutation, fast_batch
 from .joint import JointModel
 from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
+from .mollify import MollifyLoss
 from .nets import build_net
 from .profiles import Config
 
@@ -41,7 +42,8 @@ def make_net(config: Config, num_classes: int, in_channels: int) -> torch.nn.Mod
 
 def make_loss(config: Config):
     """The objective of ``config``: ``JointLoss``, ``CrossEntropyLoss`` (with or without noise
-    augmentation) or ``DenoisingMSELoss``."""
+    augmentation), ``MollifyLoss`` (``cdn.mollify``, the paper's default setting) or
+    ``DenoisingMSELoss``."""
     sampler = SigmaSampler(config.sigma_min, config.sigma_max, config.sigma_distribution, config.clean_fraction)
     if config.objective == "joint":
         return JointLoss(sampler, config.lam, config.weighting, config.dsm_conditional, config.ce_on)
@@ -49,6 +51,8 @@ def make_loss(config: Config):
         return CrossEntropyLoss(None)
     if config.objective == "ce_noise":
         return CrossEntropyLoss(SigmaSampler(1e-3, config.noise_sigma_max, "uniform", clean_fraction=0.2))
+    if config.objective == "mollify":
+        return MollifyLoss()
     return DenoisingMSELoss(sampler, config.weighting)
 
 
