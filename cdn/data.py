@@ -81,6 +81,14 @@ class ImageDataset:
         return ImageDataset(self.images[pick], self.labels[pick], self.classes, self.name,
                             self.source + f", subset of {size}", self.fallback, dict(self.meta))
 
+    def sample_indices(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` distinct image indices drawn uniformly at random (seeded), in random order: a sample
+        of all classes even when the images are sorted by class, as ``subset`` leaves them (chapters
+        that look at a few test images: "Generation and OOD", "Jacobian")."""
+        if not 0 < n <= len(self):
+            raise ValueError(f"n must be in 1..{len(self)} (the number of images), got {n}")
+        return torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+
     def to_float(self, index=None, device=None) -> torch.Tensor:
         """Images as floats in [0, 1] (optionally a slice or index tensor), on ``device``."""
         imgs = self.images if index is None else self.images[index]

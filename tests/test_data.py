@@ -112,3 +112,17 @@ def test_epoch_permutation_depends_on_seed_and_epoch_only():
     assert torch.equal(a, D.epoch_permutation(100, 3, 0))
     assert not torch.equal(a, D.epoch_permutation(100, 4, 0))
     assert sorted(a.tolist()) == list(range(100))
+
+
+def test_sample_indices_cover_classes_of_a_class_sorted_subset():
+    import dataclasses
+
+    ds = D.make_synthetic("test", n=400, num_classes=4).subset(200, seed=0)
+    order = torch.argsort(ds.labels, stable=True)  # sorted by class, as the CIFAR-10 test folders are
+    ds = dataclasses.replace(ds, images=ds.images[order], labels=ds.labels[order])
+    assert ds.labels[:40].unique().tolist() == [0]
+    idx = ds.sample_indices(40, seed=3)
+    assert len(set(idx.tolist())) == 40 and torch.equal(idx, ds.sample_indices(40, seed=3))
+    assert len(set(ds.labels[idx].tolist())) == 4
+    with pytest.raises(ValueError, match="n must be in 1..200"):
+        ds.sample_indices(201)
