@@ -27,7 +27,7 @@ from .data import ImageDataset, epoch_permutation, fast_batch
 from .joint import JointModel
 from .profiles import CODE_VERSION, Config, get_config
 from .runs import resolve_data, runs_root
-from .train import _optimizer, default_device, make_loss, make_net, set_cpu_threads
+from .train import make_optimizer, default_device, make_loss, make_net, set_cpu_threads
 
 #: per profile: network width, batch, time budget per model (s), evaluation interval (s of training),
 #: test images, JEM's SGLD steps, peak learning rate and warm-up steps (the same for both models)
@@ -47,7 +47,7 @@ class JointTrainer:
         self.net = make_net(config, num_classes, in_channels).to(self.device)
         self.model = JointModel(self.net)
         self.loss_fn = make_loss(config)
-        self.optimizer = _optimizer(self.net, config, self.device)
+        self.optimizer = make_optimizer(self.net, config, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

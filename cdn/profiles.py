@@ -36,10 +36,6 @@ MODELS: dict[str, tuple[str, str, bool]] = {
 }
 
 
-#: Config fields added after CODE_VERSION 2; hashed only when not at their default (see Config.key)
-LATE_FIELDS: set[str] = set()
-
-
 @dataclass(frozen=True)
 class Config:
     """Everything that determines a training run; its hash names the run directory."""
@@ -97,12 +93,8 @@ class Config:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """A short hash of the whole configuration (sorted JSON): equal iff the configs are equal.
-        Fields added after CODE_VERSION 2 (``LATE_FIELDS``) enter the hash only when they differ from
-        their default, so adding a field does not rename (and retrain) every existing run."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        d = {k: v for k, v in self.to_dict().items() if not (k in LATE_FIELDS and v == defaults[k])}
-        text = json.dumps({**d, "code_version": CODE_VERSION}, sort_keys=True)
+        """A short hash of the whole configuration (sorted JSON): equal iff the configs are equal."""
+        text = json.dumps({**self.to_dict(), "code_version": CODE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def run_name(self) -> str:

@@ -382,8 +382,10 @@ def save_summary(name: str, profile: str, table, caption: str, data_source: str 
     """Keep a chapter's headline table (a pandas DataFrame) for the Results chapter, as JSON in
     ``<cache>/summaries/<profile>/<name>.json`` with its caption, the data, the commit and the date.
     Used by chapters "Efficiency", "Robustness" and "Corruptions"; read by ``load_summaries``."""
-    if profile not in ("smoke", "quick", "paper"):
-        raise ValueError(f"profile must be smoke, quick or paper, got {profile!r}")
+    from .profiles import PROFILES
+
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     path = cache_dir() / "summaries" / profile / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"name": name, "caption": caption, "data": data_source, "commit": git_commit(),

@@ -75,7 +75,9 @@ def set_cpu_threads() -> None:
     torch.set_num_threads(max(1, n))
 
 
-def _optimizer(net: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(net: torch.nn.Module, config: Config, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused on GPU) with weight decay on the weights (ndim >= 2) and none on biases and norm
+    gains; the one optimiser of every model (``train``, JEM, the Efficiency chapter's race)."""
     decay = [p for p in net.parameters() if p.ndim >= 2]
     no_decay = [p for p in net.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -119,7 +121,7 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     loss_fn = make_loss(config)
-    optimizer = _optimizer(net, config, device)
+    optimizer = make_optimizer(net, config, device)
     generator = torch.Generator(device=device).manual_seed(D.rank_seed(config.seed, info.rank))
     start, elapsed = 0, 0.0
     found = None

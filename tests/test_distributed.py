@@ -36,7 +36,7 @@ from cdn.cli import main
 from cdn.data import augment, epoch_permutation
 from cdn.profiles import get_config
 from cdn.runs import resolve_data
-from cdn.train import _optimizer, lr_at, make_loss, make_net, read_log, train
+from cdn.train import make_optimizer, lr_at, make_loss, make_net, read_log, train
 
 REPO = Path(__file__).resolve().parent.parent
 K = 4
@@ -74,7 +74,7 @@ def reference(config, train_set, world_size: int, steps: int, one_backward: bool
     from cdn.joint import JointModel
 
     model, loss_fn = JointModel(net), make_loss(config)
-    opt = _optimizer(net, config, torch.device("cpu"))
+    opt = make_optimizer(net, config, torch.device("cpu"))
     gens = [torch.Generator().manual_seed(D.rank_seed(config.seed, r)) for r in range(world_size)]
     n, bs = len(train_set), config.batch_size
     per_epoch, local = n // bs, bs // world_size

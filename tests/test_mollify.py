@@ -139,6 +139,3 @@ def test_make_loss_dispatches_mollify_and_is_reproducible():
     losses[0].backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
-
-def test_new_model_does_not_rename_existing_runs():
-    assert get_config("quick", "gradresnet").run_name() == "cifar10-gradresnet-quick-37a9200eec"

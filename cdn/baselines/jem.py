@@ -37,7 +37,7 @@ from ..checkpoint import (CheckpointError, atomic_save_tensors, latest_training_
 from ..joint import JointModel, check_image
 from ..nets import build_net
 from ..profiles import Config
-from ..train import _optimizer
+from ..train import make_optimizer
 
 #: JEM's defaults (train_wrn_ebm.py): SGLD steps, step size, noise, buffer size, re-initialisation, data noise
 JEM_DEFAULTS = dict(k=20, step_size=1.0, noise=0.01, buffer_size=10_000, reinit_freq=0.05, data_noise=0.03)
@@ -125,7 +125,7 @@ class JEMTrainer:
         self.net = build_net(config.arch, num_classes, image_shape[0], config.width,
                              config.noise_conditioning).to(self.device)
         self.model = JointModel(self.net)
-        self.optimizer = _optimizer(self.net, config, self.device)
+        self.optimizer = make_optimizer(self.net, config, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.buffer = ReplayBuffer.uniform(buffer_size, tuple(image_shape), self.generator, self.device)
         self.steps_done = 0
