@@ -12,13 +12,17 @@ import json
 from dataclasses import dataclass
 
 from .data import DATASETS
-from .nets import ARCHITECTURES
+from .nets import ARCHITECTURES, VARIANTS
 
 PROFILES = ("smoke", "quick", "paper")
 #: bumped whenever a change to the networks or the training loop makes old runs incomparable;
 #: part of every run's hash, so such a change never reuses a stale run
-CODE_VERSION = 2
+CODE_VERSION = 3
 OBJECTIVES = ("joint", "ce", "ce_noise", "mse", "mollify")
+#: "auto": bf16 autocast on a GPU, float32 on the CPU; "bf16" forces autocast with the score path
+#: (input layer, energy, head) in float32 (cdn.nets.resnet.full_precision); "bf16-all" autocasts the
+#: score path too (kept to show why it fails, chapter 10); "float32" forbids autocast
+PRECISIONS = ("auto", "float32", "bf16", "bf16-all")
 
 #: model name -> (architecture, objective, noise_conditioning)
 MODELS: dict[str, tuple[str, str, bool]] = {
@@ -34,6 +38,8 @@ MODELS: dict[str, tuple[str, str, bool]] = {
     "gradresnet-noside": ("gradresnet-noside", "joint", False),
     "gradresnet-nologenergy": ("gradresnet-nologenergy", "joint", False),
 }
+# every named GradResNet variant of chapter 10's comparison, as a joint model of its own
+MODELS.update({v: (v, "joint", False) for v in VARIANTS if v not in MODELS})
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Config:
     checkpoint_every: int = 200
     log_every: int = 10
     allow_fallback: bool = True
+    precision: str = "auto"
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -86,6 +93,8 @@ class Config:
         for name in ("width", "steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

@@ -37,7 +37,10 @@ def default_device() -> torch.device:
 def make_net(config: Config, num_classes: int, in_channels: int) -> torch.nn.Module:
     """The network of ``config``, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
-    return build_net(config.arch, num_classes, in_channels, config.width, config.noise_conditioning)
+    net = build_net(config.arch, num_classes, in_channels, config.width, config.noise_conditioning)
+    if config.precision == "bf16-all" and hasattr(net, "score_in_float32"):
+        net.score_in_float32 = False
+    return net
 
 
 def make_loss(config: Config):
@@ -62,6 +65,12 @@ def lr_at(step: int, config: Config) -> float:
         return config.lr * (step + 1) / config.warmup_steps
     t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def autocast_bf16(config: Config, device: torch.device) -> bool:
+    """Whether the training step runs under bf16 autocast: ``config.precision`` 'bf16', or 'auto'
+    on a GPU (chapter "GradResNet as a UNet" measures that bf16 keeps the score right)."""
+    return config.precision in ("bf16", "bf16-all") or (config.precision == "auto" and device.type == "cuda")
 
 
 def set_cpu_threads() -> None:
@@ -165,7 +174,7 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     progress = _want_progress(progress) and main
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=config.run_name(), leave=False)
     net.train()
-    use_amp = device.type == "cuda"
+    use_amp = autocast_bf16(config, device)
     acc_terms: dict[str, torch.Tensor] = {}
     t_last, n_last, perm_epoch, perm = time.perf_counter(), 0, -1, None
     last_good = start

@@ -45,7 +45,7 @@ def test_side_connections_feed_every_stage():
 def test_log_energy_leaves_classification_unchanged():
     torch.manual_seed(0)
     a = GradResNet(10, 3, 4)
-    b = GradResNet(10, 3, 4, log_energy=False)
+    b = GradResNet(10, 3, 4, head="linear")
     b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("energy_conv")})
     y = torch.rand(3, 3, 16, 16, dtype=torch.float32)
     assert torch.allclose(torch.log_softmax(a(y), 1), torch.log_softmax(b(y), 1), atol=1e-4)
@@ -55,7 +55,7 @@ def test_log_energy_leaves_classification_unchanged():
 def test_gradresnet_is_not_scale_invariant():
     """A post-activation GroupNorm stem would give f(a y) = f(y); the pre-activation design must not."""
     torch.manual_seed(0)
-    net = GradResNet(10, 3, 8, log_energy=False).double()
+    net = GradResNet(10, 3, 8, head="linear").double()
     y = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     assert (net(y) - net(3 * y)).abs().max() > 1e-2
 

@@ -1,33 +1,62 @@
-"""GradResNet: a ResNet-18 whose input gradient is a good denoiser (PAPER.md, chapter
-"GradResNet as a UNet"). GELU instead of ReLU, GroupNorm without additive shift instead of
-BatchNorm, no bias parameters anywhere, side connections from every stage into the final
-features, noise-blind unless ``noise_conditioning=True``.
+"""GradResNet: a ResNet-18 whose input gradient is a good denoiser (PAPER.md; chapter "GradResNet as
+a UNet"). From the paper: GELU instead of ReLU, GroupNorm without additive shift instead of
+BatchNorm, no bias anywhere, side connections from every stage into the final features, noise-blind
+unless ``noise_conditioning=True``. The paper's block layout and head are not available to us; the
+variants below are the candidates chapter 10 measures, each a combination of switches of the one
+builder ``cdn.nets.resnet.ResNet`` (its docstring gives every formula):
 
-Blocks are pre-activation (normalisation only inside residual branches, each stage read out through
-its own norm + GELU before pooling): with a post-activation block the first GroupNorm would make
-``f(a y) = f(y)``, hence ``<grad f(y), y> = 0`` and ``<D(y) - y, y> = 0``, which costs several dB of
-PSNR at sigma = 0.2. This choice is ours (the paper's block layout is not available to us).
+* ``preact``: pre-activation blocks, shift-free GroupNorm inside the branches, the stream kept
+  un-normalised (so ``f(a y) != f(y)``), summed side connections;
+* ``homog``: the layout of the authors' group's later GradResNet: post-activation blocks with a
+  scale-preserving GroupNorm after the residual sum (``N(a h) = a N(h)``), stem = conv + GELU,
+  concatenated side connections; its features are (nearly) homogeneous of degree 1 in ``y``;
 
-``log_energy=True`` (our default) adds ``-(d/2) log(mean(R(y)^2))`` to every logit (``R`` a bias-free
-3x3 convolution): it leaves ``p(c | y)`` unchanged and gives the score its 1/sigma^2 scale. Without
-it, in our measurements the denoiser stayed at the identity for hundreds of steps (DSM loss 1.00,
-PSNR gain 0.0 dB on the synthetic set after 400 steps) because a normalised, pooled read-out bounds
-the logits; with it, 200 steps gave +6 dB at sigma = 0.1. ``gradresnet-nologenergy`` is the
-literal architecture, kept as an ablation."""
+and the heads ``linear`` (the literal classifier), ``logenergy`` (linear plus
+``-(d/2) log mean(R(y)^2)``, our addition), ``quadratic`` (linear minus ``s mean(phi^2)/2``, the later
+network's energy) and ``logquad`` (linear minus ``(d/2) log mean(phi^2)``).
+
+``VARIANTS`` names each measured combination; ``gradresnet`` is the default chosen in chapter 10 by
+the rule stated there, and ``gradresnet-relu | -batchnorm | -noside | -nologenergy`` are one-switch
+ablations of that default."""
 from __future__ import annotations
 
 from .resnet import ResNet
 
+PREACT = dict(block="preact", norm="group", side_connections="sum")
+HOMOG = dict(block="postact", norm="homog", side_connections="concat")
+
+#: name -> switches of ``ResNet`` (activation GELU and no bias for all)
+VARIANTS: dict[str, dict] = {
+    "gradresnet-preact-logenergy": dict(PREACT, head="logenergy"),
+    "gradresnet-preact-linear": dict(PREACT, head="linear"),
+    "gradresnet-preact-quadratic": dict(PREACT, head="quadratic"),
+    "gradresnet-homog-linear": dict(HOMOG, head="linear"),
+    "gradresnet-homog-quadratic": dict(HOMOG, head="quadratic"),
+    "gradresnet-homog-logquad": dict(HOMOG, head="logquad"),
+    "gradresnet-homog-logenergy": dict(HOMOG, head="logenergy"),
+}
+#: the variant that ``gradresnet`` names (chapter 10, "Choosing the default")
+DEFAULT_VARIANT = "gradresnet-preact-logenergy"
+VARIANTS["gradresnet"] = VARIANTS[DEFAULT_VARIANT]
+# one-switch ablations of the default
+VARIANTS["gradresnet-relu"] = dict(VARIANTS["gradresnet"], activation="relu")
+VARIANTS["gradresnet-batchnorm"] = dict(VARIANTS["gradresnet"], norm="batch")
+VARIANTS["gradresnet-noside"] = dict(VARIANTS["gradresnet"], side_connections="none")
+VARIANTS["gradresnet-nologenergy"] = dict(VARIANTS["gradresnet"], head="linear")
+
 
 class GradResNet(ResNet):
-    """``GradResNet(num_classes, in_channels=3, width=64, noise_conditioning=False)``.
-
-    The ablation switches (``activation``, ``norm``, ``side_connections``) default to the paper's
-    choices; change them only to measure what each choice is worth."""
+    """``GradResNet(num_classes, in_channels=3, width=64, noise_conditioning=False, variant='gradresnet',
+    **switches)``: the ``ResNet`` of ``VARIANTS[variant]`` with GELU and no bias; keyword ``switches``
+    (``block``, ``norm``, ``side_connections``, ``head``, ``activation``) override the variant's."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64,
-                 noise_conditioning: bool = False, *, activation: str = "gelu", norm: str = "group",
-                 side_connections: bool = True, log_energy: bool = True):
-        super().__init__(num_classes, in_channels, width, norm=norm, activation=activation, bias=False,
-                         side_connections=side_connections, noise_conditioning=noise_conditioning,
-                         preact=True, log_energy=log_energy)
+                 noise_conditioning: bool = False, variant: str = "gradresnet", **switches):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown GradResNet variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        kwargs = {"activation": "gelu", **VARIANTS[variant]}
+        kwargs.update(switches)
+        if kwargs["norm"] == "batch":
+            noise_conditioning = False
+        super().__init__(num_classes, in_channels, width, bias=False, noise_conditioning=noise_conditioning, **kwargs)
+        self.variant = variant

@@ -1,0 +1,202 @@
+"""Which parameterisation of ``log p(y, c)`` denoises (chapter 10, "GradResNet as a UNet").
+
+Every GradResNet variant of ``cdn.nets.VARIANTS`` is trained with the same data, seed, steps, width and
+recipe, in float32 and under bf16 autocast, and measured the same way (``probe``); ``compare`` writes
+the table to ``results/architecture-quick.json``; ``choose_default`` applies the rule chapter 10 states
+before the numbers. ``homogeneity_degree`` measures the degree ``k`` of the score,
+``s(a y) = a^k s(y)``, on pure-noise inputs; ``term_gradient_norms`` splits the parameter gradient of
+the joint loss into its cross-entropy and score-matching parts (the 64x64 analysis).
+
+Command line (the one that wrote the committed file)::
+
+    python -m cdn.architecture --dataset cifar10 --precision float32 bf16 --out results/architecture-quick.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import data as data_mod
+from .checkpoint import atomic_write_text, sha256_file
+from .joint import JointModel
+from .losses import add_noise, dsm_per_image
+from .profiles import get_config
+from .report import git_commit
+
+#: (variant, noise_conditioning) measured in chapter 10, in the order of its table
+CANDIDATES: tuple[tuple[str, bool], ...] = (
+    ("gradresnet-preact-logenergy", False),
+    ("gradresnet-preact-linear", False),
+    ("gradresnet-preact-quadratic", False),
+    ("gradresnet-homog-quadratic", False),
+    ("gradresnet-homog-logquad", False),
+    ("gradresnet-homog-logenergy", False),
+    ("gradresnet-homog-quadratic", True),
+    ("gradresnet-preact-logenergy", True),
+)
+#: the probe's recipe: the quick profile's width, batch and learning rate, a 300-step budget
+PROBE = {"cifar10": dict(steps=300, warmup_steps=30, test_size=1000),
+         "tiny-imagenet": dict(steps=300, warmup_steps=30, test_size=1000)}
+ACC_SIGMAS = (0.0, 0.2)
+PSNR_SIGMAS = (0.05, 0.1, 0.2)
+
+
+def entry_name(arch: str, noise_conditioning: bool) -> str:
+    """The key of a variant in the results: its ``build_net`` name, ``-cond`` when noise-conditioned."""
+    return arch + ("-cond" if noise_conditioning else "")
+
+
+def data_record(dataset: str, data_dir=None) -> dict:
+    """The data by file name and sha256 (never a path of this machine)."""
+    names = {"cifar10": ("cifar10-jpeg.tar.gz", "cifar10.tar.gz"), "tiny-imagenet": ("tiny-imagenet-subset.tar.gz",)}
+    for d in data_mod.candidate_dirs(data_dir):
+        for name in names.get(dataset, ()):
+            if (d / name).is_file():
+                return {"dataset": dataset, "file": name, "sha256": sha256_file(d / name)}
+    return {"dataset": dataset, "file": None, "sha256": None}
+
+
+def homogeneity_degree(model: JointModel, shape, sigma: float = 0.1, scales=(0.5, 2.0), n: int = 16,
+                       seed: int = 0) -> dict:
+    """The degree ``k`` of the score on pure noise ``y = sigma eps``: per image and scale ``a``,
+    ``k = log(|s(a y)| / |s(y)|) / log a`` with ``s = grad_y logsumexp_c f(y)_c`` (a noise-conditioned
+    network is told ``a sigma``); returns the median ``k`` and the median cosine between ``s(a y)``
+    and ``s(y)`` (1 when the direction is kept). A noise-blind denoiser needs ``k = -1``: the score
+    of ``N(0, sigma^2 I)`` is ``-y / sigma^2``."""
+    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    y = (sigma * torch.randn((n, *shape), generator=g)).to(dev)
+    s0 = model.score(y, sigma).flatten(1).double()
+    ks, cos = [], []
+    for a in scales:
+        sa = model.score(a * y, a * sigma).flatten(1).double()
+        ks.append(torch.log(sa.norm(dim=1) / s0.norm(dim=1)) / math.log(a))
+        cos.append(F.cosine_similarity(sa, s0, dim=1))
+    return {"degree": torch.cat(ks).median().item(), "cosine": torch.cat(cos).median().item(),
+            "sigma": sigma, "scales": list(scales), "n": n}
+
+
+def term_gradient_norms(model: JointModel, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor,
+                        lam: float = 1.0, seed: int = 0) -> dict:
+    """The parameter-gradient norms of the two terms of the joint loss on one batch,
+    ``|d CE / d theta|`` and ``|d (lam DSM) / d theta|``, and of the log-energy convolution alone when
+    the network has one (which term drives the training, chapter 10's 64x64 analysis)."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    y, eps = add_noise(x, sigma, g)
+    params = [p for p in model.parameters() if p.requires_grad]
+    logits, score = model.logits_and_score(y, sigma, create_graph=True)
+    ce = F.cross_entropy(logits.float(), c)
+    dsm = lam * dsm_per_image(score, eps, sigma).mean()
+    out = {}
+    for name, term in (("ce", ce), ("dsm", dsm)):
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        out[f"grad_{name}"] = math.sqrt(sum(float(gr.pow(2).sum()) for gr in grads if gr is not None))
+    out["ce"], out["dsm"] = float(ce), float(dsm)
+    return out
+
+
+def probe(arch: str, dataset: str = "cifar10", precision: str = "float32", noise_conditioning: bool = False,
+          data_dir=None, device=None, **overrides) -> dict:
+    """Train (or reuse, ``cdn.runs``) ``arch`` as a joint model for the probe's budget (``PROBE``) and
+    measure it: clean accuracy and at sigma = 0.2, PSNR of ``D(y)`` and ``D(y, true c)`` at sigma =
+    0.05 / 0.1 / 0.2, the final DSM and CE (mean of the last 30 logged steps), ms per step, the
+    homogeneity degree of its score. ``arch`` may also be ``resnet18`` (cross-entropy alone)."""
+    from .runs import get_or_train, resolve_data
+
+    model_name = arch if arch != "resnet18" else "resnet18"
+    settings = {**PROBE[dataset], **overrides}
+    config = get_config("quick", model_name, dataset, precision=precision,
+                        noise_conditioning=noise_conditioning, **settings)
+    if arch != config.arch:
+        raise ValueError(f"{arch!r} did not resolve to its own architecture ({config.arch!r})")
+    data = resolve_data(config, data_dir)
+    run = get_or_train(config, data, device=device, progress=False)
+    metrics = run.metrics(data.test, sigmas=ACC_SIGMAS, denoise_sigmas=PSNR_SIGMAS if config.objective == "joint" else ())
+    log = run.log()
+    tail = [r for r in log if r["step"] > config.steps - 30]
+    row = {"arch": arch, "noise_conditioning": noise_conditioning, "precision": precision, "run": run.name,
+           "steps": config.steps, "batch_size": config.batch_size, "width": config.width, "lr": config.lr,
+           "test_images": len(data.test), "classes": data.test.num_classes,
+           "clean_accuracy": metrics["classification"][0]["accuracy"],
+           "accuracy_sigma_0.2": metrics["classification"][1]["accuracy"],
+           "ce": sum(r["ce"] for r in tail) / max(1, len(tail)),
+           "ms_per_step": 1000 * run.state["elapsed_s"] / max(1, run.state["step"])}
+    if config.objective == "joint":
+        row["dsm"] = sum(r["dsm"] for r in tail) / max(1, len(tail))
+        for r in metrics["denoising"]:
+            s = r["sigma"]
+            row[f"psnr_noisy_{s}"] = r["noisy"]
+            row[f"psnr_D(y)_{s}"] = r["D(y)"]
+            row[f"psnr_D(y,c)_{s}"] = r["D(y,c)"]
+        shape = tuple(data.test.images.shape[1:])
+        row["homogeneity"] = homogeneity_degree(run.model, shape)
+    return row
+
+
+def choose_default(rows: list[dict], accuracy_margin: float = 0.01) -> str:
+    """Chapter 10's rule: among the noise-blind float32 variants on CIFAR-10 whose clean accuracy is
+    within ``accuracy_margin`` (1 point) of the best, the one with the best PSNR of ``D(y)`` at
+    sigma = 0.1. Returns its ``build_net`` name."""
+    pool = [r for r in rows if r["precision"] == "float32" and not r["noise_conditioning"] and "psnr_D(y)_0.1" in r]
+    if not pool:
+        raise ValueError("no noise-blind float32 joint variant among the rows")
+    best_acc = max(r["clean_accuracy"] for r in pool)
+    near = [r for r in pool if r["clean_accuracy"] >= best_acc - accuracy_margin]
+    return max(near, key=lambda r: r["psnr_D(y)_0.1"])["arch"]
+
+
+def load_results(path: str | Path) -> dict:
+    """The results file (``{"meta": ..., "entries": {dataset: {name: {precision: row}}}}``), or an
+    empty one when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return {"meta": {}, "entries": {}}
+    return json.loads(path.read_text())
+
+
+def compare(candidates, datasets, precisions, out: str | Path, data_dir=None, command: str = "") -> dict:
+    """Probe every (dataset, candidate, precision) and write each row to ``out`` as soon as it exists
+    (an interrupted comparison keeps what it measured; a rerun reuses the trained runs)."""
+    results = load_results(out)
+    for dataset in datasets:
+        results["meta"].setdefault("data", {})[dataset] = data_record(dataset, data_dir)
+        for arch, cond in candidates:
+            for precision in precisions:
+                row = probe(arch, dataset, precision, cond, data_dir)
+                row["commit"] = git_commit()
+                results["entries"].setdefault(dataset, {}).setdefault(entry_name(arch, cond), {})[precision] = row
+                results["meta"].update(command=command, machine=f"{platform.machine()} {platform.processor()}, "
+                                       f"{torch.get_num_threads()} threads", torch=torch.__version__,
+                                       probe=PROBE)
+                atomic_write_text(Path(out), json.dumps(results, indent=1))
+                print(f"[cdn] {dataset} {entry_name(arch, cond)} {precision}: acc {row['clean_accuracy']:.3f} "
+                      f"PSNR(0.1) {row.get('psnr_D(y)_0.1', float('nan')):.2f} dB, {row['ms_per_step']:.0f} ms/step",
+                      flush=True)
+    return results
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m cdn.architecture", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", nargs="+", default=["cifar10"], choices=list(PROBE))
+    p.add_argument("--precision", nargs="+", default=["float32", "bf16"])
+    p.add_argument("--variant", nargs="*", default=None,
+                   help="build_net names, '-cond' for noise-conditioned (default: all of CANDIDATES)")
+    p.add_argument("--out", default="results/architecture-quick.json")
+    p.add_argument("--data-dir", default=None)
+    a = p.parse_args(argv)
+    cands = CANDIDATES
+    if a.variant:
+        cands = tuple((v[:-5], True) if v.endswith("-cond") else (v, False) for v in a.variant)
+    compare(cands, a.dataset, a.precision, a.out, a.data_dir, command="python -m cdn.architecture " + " ".join(argv or sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
