@@ -34,12 +34,12 @@ from .report import git_commit
 #: (variant, noise_conditioning) measured in chapter 10, in the order of its table
 CANDIDATES: tuple[tuple[str, bool], ...] = (
     ("gradresnet-preact-logenergy", False),
-    ("gradresnet-preact-linear", False),
-    ("gradresnet-preact-quadratic", False),
     ("gradresnet-homog-quadratic", False),
     ("gradresnet-homog-logquad", False),
-    ("gradresnet-homog-logenergy", False),
     ("gradresnet-homog-quadratic", True),
+    ("gradresnet-preact-linear", False),
+    ("gradresnet-preact-quadratic", False),
+    ("gradresnet-homog-logenergy", False),
     ("gradresnet-preact-logenergy", True),
 )
 #: the probe's recipe: the quick profile's width, batch and learning rate, a 300-step budget
@@ -72,8 +72,8 @@ def homogeneity_degree(model: JointModel, shape, sigma: float = 0.1, scales=(0.5
     and ``s(y)`` (1 when the direction is kept). A noise-blind denoiser needs ``k = -1``: the score
     of ``N(0, sigma^2 I)`` is ``-y / sigma^2``."""
     g = torch.Generator().manual_seed(seed)
-    dev = next(model.parameters()).device
-    y = (sigma * torch.randn((n, *shape), generator=g)).to(dev)
+    param = next(model.parameters())
+    y = (sigma * torch.randn((n, *shape), generator=g, dtype=torch.float64)).to(param.device, param.dtype)
     s0 = model.score(y, sigma).flatten(1).double()
     ks, cos = [], []
     for a in scales:
