@@ -49,9 +49,10 @@ ACC_SIGMAS = (0.0, 0.2)
 PSNR_SIGMAS = (0.05, 0.1, 0.2)
 
 
-def entry_name(arch: str, noise_conditioning: bool) -> str:
-    """The key of a variant in the results: its ``build_net`` name, ``-cond`` when noise-conditioned."""
-    return arch + ("-cond" if noise_conditioning else "")
+def entry_name(arch: str, noise_conditioning: bool, objective: str = "joint") -> str:
+    """The key of a variant in the results: its ``build_net`` name, ``-cond`` when noise-conditioned,
+    ``-ce`` when trained on cross-entropy alone (a GradResNet variant as a plain classifier)."""
+    return arch + ("-cond" if noise_conditioning else "") + ("-ce" if objective == "ce" and arch != "resnet18" else "")
 
 
 def data_record(dataset: str, data_dir=None) -> dict:
@@ -111,7 +112,7 @@ def probe(arch: str, dataset: str = "cifar10", precision: str = "float32", noise
     homogeneity degree of its score. ``arch`` may also be ``resnet18`` (cross-entropy alone)."""
     from .runs import get_or_train, resolve_data
 
-    model_name = arch if arch != "resnet18" else "resnet18"
+    model_name = arch
     settings = {**PROBE[dataset], **overrides}
     config = get_config("quick", model_name, dataset, precision=precision,
                         noise_conditioning=noise_conditioning, **settings)
@@ -123,6 +124,7 @@ def probe(arch: str, dataset: str = "cifar10", precision: str = "float32", noise
     log = run.log()
     tail = [r for r in log if r["step"] > config.steps - 30]
     row = {"arch": arch, "noise_conditioning": noise_conditioning, "precision": precision, "run": run.name,
+           "objective": config.objective, "lam": config.lam,
            "steps": config.steps, "batch_size": config.batch_size, "width": config.width, "lr": config.lr,
            "test_images": len(data.test), "classes": data.test.num_classes,
            "clean_accuracy": metrics["classification"][0]["accuracy"],
@@ -162,7 +164,7 @@ def load_results(path: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def compare(candidates, datasets, precisions, out: str | Path, data_dir=None, command: str = "") -> dict:
+def compare(candidates, datasets, precisions, out: str | Path, data_dir=None, command: str = "", **overrides) -> dict:
     """Probe every (dataset, candidate, precision) and write each row to ``out`` as soon as it exists
     (an interrupted comparison keeps what it measured; a rerun reuses the trained runs)."""
     results = load_results(out)
@@ -170,10 +172,14 @@ def compare(candidates, datasets, precisions, out: str | Path, data_dir=None, co
         results["meta"].setdefault("data", {})[dataset] = data_record(dataset, data_dir)
         for arch, cond in candidates:
             for precision in precisions:
-                row = probe(arch, dataset, precision, cond, data_dir)
-                row["commit"] = git_commit()
-                results["entries"].setdefault(dataset, {}).setdefault(entry_name(arch, cond), {})[precision] = row
-                results["meta"].update(command=command, machine=f"{platform.machine()} {platform.processor()}, "
+                row = probe(arch, dataset, precision, cond, data_dir, **overrides)
+                row["commit"], row["command"] = git_commit(), command
+                name = entry_name(arch, cond, row["objective"]) + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())
+                                                                         if k != "objective")
+                results = load_results(out)  # another process may have added rows meanwhile
+                results["meta"].setdefault("data", {})[dataset] = data_record(dataset, data_dir)
+                results["entries"].setdefault(dataset, {}).setdefault(name, {})[precision] = row
+                results["meta"].update(machine=f"{platform.machine()} {platform.processor()}, "
                                        f"{torch.get_num_threads()} threads", torch=torch.__version__,
                                        probe=PROBE)
                 atomic_write_text(Path(out), json.dumps(results, indent=1))
@@ -191,11 +197,16 @@ def main(argv=None) -> None:
                    help="build_net names, '-cond' for noise-conditioned (default: all of CANDIDATES)")
     p.add_argument("--out", default="results/architecture-quick.json")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--objective", default=None, choices=["joint", "ce"], help="default: the model's own")
+    p.add_argument("--lam", type=float, default=None, help="weight of the DSM term (default: the profile's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the profile's)")
     a = p.parse_args(argv)
     cands = CANDIDATES
     if a.variant:
         cands = tuple((v[:-5], True) if v.endswith("-cond") else (v, False) for v in a.variant)
-    compare(cands, a.dataset, a.precision, a.out, a.data_dir, command="python -m cdn.architecture " + " ".join(argv or sys.argv[1:]))
+    overrides = {k: v for k, v in (("objective", a.objective), ("lam", a.lam), ("lr", a.lr)) if v is not None}
+    compare(cands, a.dataset, a.precision, a.out, a.data_dir,
+            command="python -m cdn.architecture " + " ".join(argv or sys.argv[1:]), **overrides)
 
 
 if __name__ == "__main__":
