@@ -46,6 +46,8 @@ CANDIDATES: tuple[tuple[str, bool], ...] = (
 PROBE = {"cifar10": dict(steps=300, warmup_steps=30, test_size=1000),
          "tiny-imagenet": dict(steps=300, warmup_steps=30, test_size=1000)}
 ACC_SIGMAS = (0.0, 0.2)
+#: the committed comparison (chapter 10)
+RESULTS = data_mod.REPO_ROOT / "results" / "architecture-quick.json"
 PSNR_SIGMAS = (0.05, 0.1, 0.2)
 
 
@@ -100,7 +102,7 @@ def term_gradient_norms(model: JointModel, x: torch.Tensor, c: torch.Tensor, sig
     for name, term in (("ce", ce), ("dsm", dsm)):
         grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
         out[f"grad_{name}"] = math.sqrt(sum(float(gr.pow(2).sum()) for gr in grads if gr is not None))
-    out["ce"], out["dsm"] = float(ce), float(dsm)
+    out["ce"], out["dsm"] = ce.item(), dsm.item()
     return out
 
 
@@ -140,7 +142,37 @@ def probe(arch: str, dataset: str = "cifar10", precision: str = "float32", noise
             row[f"psnr_D(y,c)_{s}"] = r["D(y,c)"]
         shape = tuple(data.test.images.shape[1:])
         row["homogeneity"] = homogeneity_degree(run.model, shape)
+        row["gradient_norms"] = final_gradient_norms(run, data.train, config)
     return row
+
+
+def final_gradient_norms(run, train_set, config) -> dict:
+    """``term_gradient_norms`` of a trained run on a fixed batch (``batch_size`` training images drawn
+    with seed 0, sigma from the run's sampler with seed 0), in float32."""
+    from .train import make_loss
+
+    idx = train_set.sample_indices(config.batch_size, 0)
+    x = train_set.to_float(idx, next(run.net.parameters()).device)
+    c = train_set.labels[idx].to(x.device)
+    sigma = make_loss(config).sampler(x.shape[0], torch.Generator(device=x.device).manual_seed(0), x.device)
+    return term_gradient_norms(run.model, x, c, sigma, config.lam)
+
+
+def add_gradient_norms(path: str | Path, data_dir=None) -> None:
+    """Add ``gradient_norms`` to the joint rows of a results file that lack them (rows written before
+    it was measured), from their runs in ``cdn.runs.runs_root()``."""
+    from .runs import load_run, resolve_data, runs_root
+
+    results = load_results(path)
+    for dataset, entries in results.get("entries", {}).items():
+        for by_p in entries.values():
+            for row in by_p.values():
+                if row.get("objective", "joint") != "joint" or "gradient_norms" in row:
+                    continue
+                run = load_run(runs_root() / row["run"], "cpu")
+                data = resolve_data(run.config, data_dir)
+                row["gradient_norms"] = final_gradient_norms(run, data.train, run.config)
+    atomic_write_text(Path(path), json.dumps(results, indent=1))
 
 
 def choose_default(rows: list[dict], accuracy_margin: float = 0.01) -> str:
@@ -162,6 +194,33 @@ def load_results(path: str | Path) -> dict:
     if not path.exists():
         return {"meta": {}, "entries": {}}
     return json.loads(path.read_text())
+
+
+COLUMNS = {"clean_accuracy": "clean acc.", "accuracy_sigma_0.2": "acc. σ=0.2",
+           "psnr_D(y)_0.05": "D(y) σ=.05", "psnr_D(y)_0.1": "D(y) σ=.1", "psnr_D(y)_0.2": "D(y) σ=.2",
+           "psnr_D(y,c)_0.05": "D(y,c) σ=.05", "psnr_D(y,c)_0.1": "D(y,c) σ=.1", "psnr_D(y,c)_0.2": "D(y,c) σ=.2",
+           "dsm": "DSM", "ce": "CE", "degree": "degree k", "ms_per_step": "ms/step"}
+
+
+def results_table(results: dict, dataset: str):
+    """The rows of ``results`` for ``dataset`` as a DataFrame indexed by (variant, precision), with the
+    columns of ``COLUMNS`` (PSNR in dB; ``degree k`` the homogeneity degree of the score), and the
+    noisy input's PSNR as a first row for reference (chapter 10's table)."""
+    import pandas as pd
+
+    records, noisy = [], None
+    for name, by_precision in results.get("entries", {}).get(dataset, {}).items():
+        for precision, row in by_precision.items():
+            rec = {"variant": name, "precision": precision, **{COLUMNS[k]: row.get(k) for k in COLUMNS if k != "degree"}}
+            rec["degree k"] = row.get("homogeneity", {}).get("degree")
+            records.append(rec)
+            if "psnr_noisy_0.1" in row:
+                noisy = {"variant": "noisy input y", "precision": "",
+                         **{COLUMNS[f"psnr_D(y)_{s}"]: row[f"psnr_noisy_{s}"] for s in PSNR_SIGMAS}}
+    if not records:
+        return pd.DataFrame(columns=["variant", "precision", *COLUMNS.values()]).set_index(["variant", "precision"])
+    frame = pd.DataFrame(([noisy] if noisy else []) + records)
+    return frame.set_index(["variant", "precision"])[list(COLUMNS.values())]
 
 
 def compare(candidates, datasets, precisions, out: str | Path, data_dir=None, command: str = "", **overrides) -> dict:
@@ -195,7 +254,7 @@ def main(argv=None) -> None:
     p.add_argument("--precision", nargs="+", default=["float32", "bf16"])
     p.add_argument("--variant", nargs="*", default=None,
                    help="build_net names, '-cond' for noise-conditioned (default: all of CANDIDATES)")
-    p.add_argument("--out", default="results/architecture-quick.json")
+    p.add_argument("--out", default=str(RESULTS.relative_to(data_mod.REPO_ROOT)))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--objective", default=None, choices=["joint", "ce"], help="default: the model's own")
     p.add_argument("--lam", type=float, default=None, help="weight of the DSM term (default: the profile's)")
