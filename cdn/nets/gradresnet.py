@@ -8,7 +8,8 @@ builder ``cdn.nets.resnet.ResNet`` (its docstring gives every formula):
 * ``preact``: pre-activation blocks, shift-free GroupNorm inside the branches, the stream kept
   un-normalised (so ``f(a y) != f(y)``), summed side connections;
 * ``preact8``: the same with groups of 8 channels in its GroupNorms (``gcd(C, 32)`` groups, as in
-  ``preact``, make one channel per group at width 16: an InstanceNorm);
+  ``preact``, make one channel per group at width 16: an InstanceNorm); ``preactln`` with one group
+  per layer (a shift-free LayerNorm);
 * ``homog``: the layout of the authors' group's later GradResNet: post-activation blocks with a
   scale-preserving GroupNorm after the residual sum (``N(a h) = a N(h)``), stem = conv + GELU,
   concatenated side connections; its features are (nearly) homogeneous of degree 1 in ``y``;
@@ -33,6 +34,7 @@ VARIANTS: dict[str, dict] = {
     "gradresnet-preact-linear": dict(PREACT, head="linear"),
     "gradresnet-preact-quadratic": dict(PREACT, head="quadratic"),
     "gradresnet-preact8-logenergy": dict(PREACT, norm="group8", head="logenergy"),
+    "gradresnet-preactln-logenergy": dict(PREACT, norm="layer", head="logenergy"),
     "gradresnet-homog-linear": dict(HOMOG, head="linear"),
     "gradresnet-homog-quadratic": dict(HOMOG, head="quadratic"),
     "gradresnet-homog-logquad": dict(HOMOG, head="logquad"),

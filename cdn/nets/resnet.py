@@ -86,17 +86,20 @@ class BatchNormWrap(nn.BatchNorm2d):
         return super().forward(h)
 
 
-NORMS = ("group", "group8", "homog", "batch")
+NORMS = ("group", "group8", "layer", "homog", "batch")
 
 
 def make_norm(kind: str, channels: int, noise_conditioning: bool) -> nn.Module:
     """``'group'``: shift-free GroupNorm with ``gcd(C, 32)`` groups (one channel per group, i.e.
-    InstanceNorm, for C <= 32); ``'group8'``: the same with groups of 8 channels; ``'homog'``: the
-    scale-preserving variant with groups of 8 channels; ``'batch'``: BatchNorm (the baseline)."""
+    InstanceNorm, for C <= 32); ``'group8'``: the same with groups of 8 channels; ``'layer'``: one group
+    (a shift-free LayerNorm over C, H, W); ``'homog'``: the scale-preserving variant with groups of 8
+    channels; ``'batch'``: BatchNorm (the baseline)."""
     if kind == "group":
         return ScaleGroupNorm(channels, noise_conditioning)
     if kind == "group8":
         return ScaleGroupNorm(channels, noise_conditioning, channels_per_group=min(8, channels))
+    if kind == "layer":
+        return ScaleGroupNorm(channels, noise_conditioning, channels_per_group=channels)
     if kind == "homog":
         return ScaleGroupNorm(channels, noise_conditioning, homogeneous=True, channels_per_group=min(8, channels))
     if kind == "batch":
