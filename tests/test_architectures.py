@@ -169,6 +169,13 @@ def test_choose_default_applies_the_rule():
     assert choose_default(rows) == "a"      # b now more than 1 point below
     with pytest.raises(ValueError):
         choose_default([row("d", 0.6, 31.0, "bf16")])
+    # the amended rule: within 1 point and 0.5 dB, the best at 64x64
+    rows = [row("a", 0.50, 27.0), row("b", 0.495, 26.8), row("f", 0.499, 26.0), row("c", 0.40, 30.0)]
+    assert choose_default(rows) == "a"
+    assert choose_default(rows, at_64={"a": 0.2, "b": 0.3, "f": 0.9}) == "b"   # f is 1 dB below the best
+    assert choose_default(rows, at_64={"a": 0.4, "b": 0.3}) == "a"
+    with pytest.raises(ValueError, match="64x64"):
+        choose_default(rows, at_64={"a": 0.4})
 
 
 def test_bf16_keeps_small_noise_visible_to_a_high_pass_energy():
