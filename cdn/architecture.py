@@ -283,11 +283,17 @@ def main(argv=None) -> None:
     p.add_argument("--objective", default=None, choices=["joint", "ce"], help="default: the model's own")
     p.add_argument("--lam", type=float, default=None, help="weight of the DSM term (default: the profile's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the profile's)")
+    p.add_argument("--width", type=int, default=None, help="network width (default: the profile's, 16)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the profile's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: PROBE's 300)")
+    p.add_argument("--test-size", type=int, default=None, help="test images (default: PROBE's 1000)")
     a = p.parse_args(argv)
     cands = CANDIDATES
     if a.variant:
         cands = tuple((v[:-5], True) if v.endswith("-cond") else (v, False) for v in a.variant)
-    overrides = {k: v for k, v in (("objective", a.objective), ("lam", a.lam), ("lr", a.lr)) if v is not None}
+    overrides = {k: v for k, v in (("objective", a.objective), ("lam", a.lam), ("lr", a.lr), ("width", a.width),
+                                   ("batch_size", a.batch_size), ("steps", a.steps), ("test_size", a.test_size))
+                 if v is not None}
     compare(cands, a.dataset, a.precision, a.out, a.data_dir,
             command="python -m cdn.architecture " + " ".join(argv or sys.argv[1:]), **overrides)
 
