@@ -68,7 +68,9 @@ def _free_port() -> int:
 def reference(config, train_set, world_size: int, steps: int, one_backward: bool = False) -> dict:
     """One process, the global batch split into ``world_size`` shards with the ranks' generators,
     the gradient of the mean of the shards' losses (a backward per shard and the average, or with
-    ``one_backward`` a single backward of the mean), one optimiser step per step."""
+    ``one_backward`` a single backward of the mean; with one shard ``loss.backward()`` as in the training
+    loop, since ``autograd.grad`` may sum a parameter's contributions in another order), one optimiser
+    step per step."""
     torch.manual_seed(0)
     net = make_net(config, train_set.num_classes, train_set.in_channels)
     from cdn.joint import JointModel
@@ -91,7 +93,11 @@ def reference(config, train_set, world_size: int, steps: int, one_backward: bool
         for g in opt.param_groups:
             g["lr"] = lr_at(step, config)
         params = list(net.parameters())
-        if one_backward:
+        if world_size == 1:  # exactly the training loop's call: the engine's summation order differs
+            opt.zero_grad(set_to_none=True)  # between backward() and autograd.grad in the last bits
+            losses[0].backward()
+            grads = [p.grad for p in params]
+        elif one_backward:
             grads = torch.autograd.grad(torch.stack(losses).mean(), params)
         else:
             per_shard = [torch.autograd.grad(loss, params) for loss in losses]
