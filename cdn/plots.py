@@ -132,8 +132,10 @@ def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=Non
         s = np.array([r["sigma"] for r in rows], dtype=float)
         v = np.array([r[metric] * (100 if percent else 1) for r in rows], dtype=float)
         dashed = "wrong" in label or label.startswith("noisy")
-        sns.lineplot(x=s, y=v, ax=ax, errorbar=errorbar, marker=markers[i % len(markers)], color=color_for(label, i),
-                     label=label, linestyle="--" if dashed else "-", markeredgewidth=0, legend=False)
+        several = len(np.unique(s)) < len(s)  # several rows at one noise level: several seeds
+        sns.lineplot(x=s, y=v, ax=ax, errorbar=errorbar if several else None, marker=markers[i % len(markers)],
+                     color=color_for(label, i), label=label, linestyle="--" if dashed else "-", markeredgewidth=0,
+                     legend=False)
     all_sigmas = sorted({r["sigma"] for rows in curves.values() for r in rows})
     if min(all_sigmas) > 0:
         ax.set_xscale("log")
@@ -358,7 +360,9 @@ def score_distributions(scores_in: Mapping[str, torch.Tensor], scores_out: Mappi
                          linewidth=0 if first else 1.5)
         ax.set_xlabel(labels.get(k, k))
         ax.set_ylabel("density")
-    axes.flat[0].legend(fontsize=7)
+    handles, names = axes.flat[0].get_legend_handles_labels()  # in-distribution first, then the sets in order
+    order = sorted(range(len(names)), key=lambda j: list(vals).index(names[j]))
+    axes.flat[0].legend([handles[j] for j in order], [names[j] for j in order], fontsize=7)
     fig.tight_layout()
     return fig
 
