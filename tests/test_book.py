@@ -278,6 +278,11 @@ def test_student_edition_has_every_exercise_and_no_solution(smoke_book, student_
         assert "Provenance of this page" in student_page.read_text(encoding="utf-8")
         secrets_checked += len(secret)
     assert secrets_checked > 50
+    # nor in any other file of the edition: the notebooks offered for download (_sources), the search index
+    for f in student_book.rglob("*"):
+        if f.is_file() and f.suffix in (".html", ".ipynb", ".js", ".txt", ".md"):
+            text = f.read_text(encoding="utf-8", errors="replace")
+            assert "{solution" not in text and 'class="solution' not in text, f.relative_to(student_book)
     # the teachers' page and its links to the exercises are in the student edition too
     teaching = (student_book / "teaching.html").read_text(encoding="utf-8")
     assert teaching.count('href="chapters/') >= 30
@@ -332,7 +337,10 @@ _OPEN_SOLUTION = """
 window.addEventListener("load", () => {
   const solution = document.getElementById("%(solution)s");
   solution.querySelector(".admonition-title").click();   // the toggle of sphinx-togglebutton
-  document.getElementById("%(exercise)s").scrollIntoView();
+  // a headless screenshot shows the top of the page: move the exercise and its solution there
+  const article = document.querySelector("article");
+  article.prepend(solution);
+  article.prepend(document.getElementById("%(exercise)s"));
 });
 </script>
 """
