@@ -3,6 +3,9 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= quick
+# full: every exercise with its solution behind a toggle; student: the same book without any solution
+# (book/_build/html-student, rendered from the executed chapters of an earlier build when they are fresh)
+EDITION ?= full
 # torch is pinned to what this project is tested with; on a GPU machine set TORCH_SPEC to your build
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # without its dependencies: see the note in pyproject.toml
@@ -32,10 +35,10 @@ test: setup chromium
 test-fast: setup
 	$(PY) -m pytest -q -m "not book and not slow"
 
-# execute every chapter with papermill in PROFILE (smoke | quick | paper) and build the HTML
+# execute every chapter with papermill in PROFILE (smoke | quick | paper) and build the HTML of EDITION
 book: setup
-	$(PY) -m cdn book --profile $(PROFILE)
-	@echo "open book/_build/html/index.html"
+	$(PY) -m cdn book --profile $(PROFILE) --edition $(EDITION)
+	@echo "open book/_build/$(if $(filter student,$(EDITION)),html-student,html)/index.html"
 
 bench: setup
 	$(PY) -m benchmarks

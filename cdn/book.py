@@ -17,6 +17,14 @@ then builds the HTML with Jupyter Book 1 (execution off: it renders the executed
 itself (the ``sphinx-mathjax-offline`` package), so math renders without internet. Per-chapter wall
 times go to ``<build>/timings.json``.
 
+**Editions.** ``edition="full"`` (the default) renders every exercise with its solution, hidden behind
+a toggle; ``edition="student"`` renders the same executed notebooks with every solution removed
+before Sphinx sees them (``strip_solutions``: the ``solution`` blocks and every cell between a
+``solution-start`` and its ``solution-end``), into ``<build>/html-student``, and checks that the HTML
+holds no solution. A student build reuses the executed chapters of a full build when they are fresh,
+so after ``make book`` it is only the Sphinx step. Before anything runs, ``check_exercises`` checks the
+exercises of every chapter (a label, a kind, exactly one solution each).
+
 ``build_book(profile, chapters=[...])`` reruns only the named chapters; the others are reused when
 their executed copy was made with the same profile, data folder, seed, chapter source and package
 source, and are executed again (with a message) otherwise, so no stale chapter is ever rendered.
@@ -41,9 +49,13 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
 DEFAULT_BUILD_DIR = BOOK_DIR / "_build"
 #: files of book/ copied into the Sphinx source folder of every build
-BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
+BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "teaching.md")
 KERNEL_NAME = "cdn-book"
 PROFILES = ("smoke", "quick", "paper")
+#: ``full``: every solution, hidden behind a toggle (the default); ``student``: no solution at all
+EDITIONS = ("full", "student")
+#: the kind of an exercise, one of these classes on every ``exercise`` directive
+EXERCISE_KINDS = ("pen-and-paper", "coding")
 _CHAPTER_RE = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
 
 
@@ -151,6 +163,155 @@ def _fingerprint(chapter: str, profile: str, data_dir, seed: int) -> dict:
     return {"profile": profile, "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
             "seed": int(seed), "source_sha256": _sha256_bytes(src.read_bytes())[:16],
             "package_sha256": package_fingerprint()}
+
+
+# ----------------------------------------------------------------- exercises and editions --
+
+_FENCE_RE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[A-Za-z0-9:_-]+)\}[ \t]*(?P<arg>.*)$")
+_OPTION_RE = re.compile(r"^:(?P<key>[A-Za-z0-9_-]+):[ \t]*(?P<value>.*)$")
+
+
+def check_edition(edition: str) -> str:
+    """Return ``edition`` if it is one of ``EDITIONS``; raise ``ValueError`` naming them otherwise."""
+    if edition not in EDITIONS:
+        raise ValueError(f"unknown edition {edition!r}; expected one of {', '.join(EDITIONS)}")
+    return edition
+
+
+def html_dir(build_dir: str | Path | None = None, edition: str = "full") -> Path:
+    """Where the HTML of ``edition`` goes: ``<build_dir>/html`` (full) or ``<build_dir>/html-student``."""
+    build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
+    return build_dir / ("html" if check_edition(edition) == "full" else f"html-{edition}")
+
+
+def directive_blocks(text: str) -> list[dict]:
+    """The top-level fenced MyST directives of ``text`` (backtick or colon fences), in order: dicts with
+    ``name``, ``arg``, ``options`` (the ``:key: value`` lines) and the line span ``start``..``end``
+    (inclusive). A directive nested in another is part of its parent, not listed. Raises
+    ``BookBuildError`` for a fence that is never closed."""
+    lines = text.splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        m = _FENCE_RE.match(lines[i].rstrip())
+        if not m:
+            i += 1
+            continue
+        fence = m["fence"]
+        j = i + 1
+        # a closing fence: the same character, at least as long, nothing else on the line
+        while j < len(lines) and not (set(lines[j].strip()) == {fence[0]} and len(lines[j].strip()) >= len(fence)):
+            j += 1
+        if j == len(lines):
+            raise BookBuildError(f"the directive {{{m['name']}}} opened at line {i + 1} is never closed ({fence})")
+        options = {}
+        for line in lines[i + 1:j]:
+            o = _OPTION_RE.match(line.strip())
+            if not o:
+                break
+            options[o["key"]] = o["value"].strip()
+        blocks.append({"name": m["name"], "arg": m["arg"].strip(), "options": options, "start": i, "end": j})
+        i = j + 1
+    return blocks
+
+
+def exercise_counts(chapter: str, notebooks_dir: str | Path | None = None) -> dict:
+    """The exercises and solutions in the source of ``chapter`` (``notebooks/<chapter>.md``):
+    ``{"exercises": [{"label", "kind"}], "solutions": [{"exercise", "label", "gated"}], "pen-and-paper": n,
+    "coding": n}``; a gated solution (``solution-start`` ... ``solution-end``) is one that holds code cells."""
+    nb_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
+    src = nb_dir / f"{chapter}.md"
+    if not src.is_file():
+        raise FileNotFoundError(f"chapter {chapter!r}: {src} does not exist")
+    exercises, solutions = [], []
+    for b in directive_blocks(src.read_text(encoding="utf-8")):
+        if b["name"] in ("exercise", "exercise-start"):
+            classes = b["options"].get("class", "").split()
+            kinds = [k for k in EXERCISE_KINDS if k in classes]
+            exercises.append({"label": b["options"].get("label"), "kind": kinds[0] if len(kinds) == 1 else None})
+        elif b["name"] in ("solution", "solution-start"):
+            solutions.append({"exercise": b["arg"], "label": b["options"].get("label"),
+                              "gated": b["name"] == "solution-start"})
+    out = {"exercises": exercises, "solutions": solutions}
+    out.update({k: sum(e["kind"] == k for e in exercises) for k in EXERCISE_KINDS})
+    return out
+
+
+def check_exercises(chapters: list[str], notebooks_dir: str | Path | None = None) -> None:
+    """Check the exercises of ``chapters`` in their sources: every exercise has a label and exactly one
+    kind among ``EXERCISE_KINDS`` (a ``:class:``), every solution names an exercise of its chapter,
+    and every exercise has exactly one solution. Raises ``BookBuildError`` listing every problem."""
+    problems = []
+    for chapter in chapters:
+        counts = exercise_counts(chapter, notebooks_dir)
+        labels = [e["label"] for e in counts["exercises"]]
+        for i, e in enumerate(counts["exercises"], 1):
+            if not e["label"]:
+                problems.append(f"{chapter}: exercise {i} has no :label:")
+            if e["kind"] is None:
+                problems.append(f"{chapter}: exercise {e['label'] or i} needs exactly one :class: among "
+                                f"{', '.join(EXERCISE_KINDS)}")
+        targets = [s["exercise"] for s in counts["solutions"]]
+        for t in targets:
+            if t not in labels:
+                problems.append(f"{chapter}: a solution names {t!r}, which is no exercise of this chapter")
+        for label in labels:
+            if label and targets.count(label) != 1:
+                problems.append(f"{chapter}: exercise {label!r} has {targets.count(label)} solutions (expected 1)")
+    if problems:
+        raise BookBuildError("exercises are malformed:\n  " + "\n  ".join(problems))
+
+
+def strip_solutions(nb) -> int:
+    """Remove every solution from an (executed) notebook, in place, and return how many were removed:
+    each ``solution`` directive block of a markdown cell, and everything from a ``solution-start`` block
+    to its ``solution-end`` block (the code cells between them included, and their outputs). Text of a
+    cell outside these blocks is kept; a cell left empty is dropped. Raises ``BookBuildError`` for a
+    ``solution-start`` without its ``solution-end`` or the reverse."""
+    kept, removed, inside = [], 0, False
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            if not inside:
+                kept.append(cell)
+            continue
+        lines = cell.source.splitlines()
+        keep_lines, pos = [], 0
+        for b in directive_blocks(cell.source):
+            if not inside:
+                keep_lines += lines[pos:b["start"]]
+            pos = b["end"] + 1
+            if b["name"] == "solution" and not inside:
+                removed += 1
+            elif b["name"] == "solution-start":
+                if inside:
+                    raise BookBuildError("a solution-start opens inside another solution")
+                inside, removed = True, removed + 1
+            elif b["name"] == "solution-end":
+                if not inside:
+                    raise BookBuildError("a solution-end without its solution-start")
+                inside = False
+            elif not inside:
+                keep_lines += lines[b["start"]:b["end"] + 1]
+        if not inside:
+            keep_lines += lines[pos:]
+        text = "\n".join(keep_lines).strip("\n")
+        if text.strip():
+            cell.source = text
+            kept.append(cell)
+    if inside:
+        raise BookBuildError("a solution-start without its solution-end")
+    nb.cells = kept
+    return removed
+
+
+_SOLUTION_DIV_RE = re.compile(r'<div class="solution[ "]')
+
+
+def pages_with_solutions(html: str | Path) -> list[str]:
+    """The HTML pages under ``html`` that render a solution (sphinx-exercise's ``<div class="solution ...">``),
+    as paths relative to ``html``."""
+    html = Path(html)
+    return sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")
+                  if _SOLUTION_DIV_RE.search(p.read_text(encoding="utf-8", errors="replace")))
 
 
 # --------------------------------------------------------------------------------- kernel --
@@ -322,16 +483,21 @@ sys.exit(code if isinstance(code, int) else 1)
 """
 
 
-def build_html(build_dir: str | Path | None = None, chapters: list[str] | None = None) -> Path:
+def build_html(build_dir: str | Path | None = None, chapters: list[str] | None = None, edition: str = "full") -> Path:
     """Render the executed chapters of ``<build_dir>/chapters`` with Jupyter Book 1 (execution off)
-    into ``<build_dir>/html`` and return that folder. The Sphinx source is assembled afresh in
-    ``<build_dir>/source`` from book/ and the executed notebooks; the Sphinx log is
-    ``<build_dir>/html.log``. Raises ``BookBuildError`` when a chapter has no executed copy or Sphinx
-    fails."""
+    into ``html_dir(build_dir, edition)`` (``<build_dir>/html`` for the full edition,
+    ``<build_dir>/html-student`` for the student one) and return that folder. The Sphinx source is
+    assembled afresh in ``<build_dir>/source`` (``source-student``) from book/ and the executed
+    notebooks, with every solution removed for the student edition (``strip_solutions``); the Sphinx
+    log is ``<build_dir>/html.log`` (``html-student.log``). Raises ``BookBuildError`` when a chapter has
+    no executed copy, Sphinx fails, or a student page still renders a solution."""
+    import nbformat
+
     build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR
     chapters = chapters or chapter_list()
-    src = build_dir / "source"
-    html = build_dir / "html"
+    html = html_dir(build_dir, edition)
+    suffix = "" if edition == "full" else f"-{edition}"
+    src = build_dir / f"source{suffix}"
     for d in (src, html, build_dir / ".doctrees"):
         if d.exists():
             shutil.rmtree(d)
@@ -341,11 +507,19 @@ def build_html(build_dir: str | Path | None = None, chapters: list[str] | None =
             raise BookBuildError(f"{BOOK_DIR / name} is missing")
         shutil.copy2(BOOK_DIR / name, src / name)
     for chapter in chapters:
-        nb = build_dir / "chapters" / f"{chapter}.ipynb"
-        if not nb.is_file():
-            raise BookBuildError(f"chapter {chapter!r} has no executed notebook {nb}: execute it first")
-        shutil.copy2(nb, src / "chapters" / nb.name)
-    log_path = build_dir / "html.log"
+        nb_path = build_dir / "chapters" / f"{chapter}.ipynb"
+        if not nb_path.is_file():
+            raise BookBuildError(f"chapter {chapter!r} has no executed notebook {nb_path}: execute it first")
+        if edition == "full":
+            shutil.copy2(nb_path, src / "chapters" / nb_path.name)
+            continue
+        nb = nbformat.read(str(nb_path), as_version=4)
+        try:
+            strip_solutions(nb)
+        except BookBuildError as err:
+            raise BookBuildError(f"chapter {chapter!r}: {err}") from err
+        nbformat.write(nb, str(src / "chapters" / nb_path.name))
+    log_path = build_dir / f"html{suffix}.log"
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, "-c", _SPHINX_SCRIPT, str(src), str(html)], stdout=log,
                               stderr=subprocess.STDOUT, cwd=str(build_dir))
@@ -353,15 +527,20 @@ def build_html(build_dir: str | Path | None = None, chapters: list[str] | None =
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise BookBuildError(f"Jupyter Book (Sphinx) failed with exit code {proc.returncode}; "
                              f"log {log_path}:\n{tail}")
+    if edition == "student":
+        leaked = pages_with_solutions(html)
+        if leaked:
+            raise BookBuildError(f"the student edition in {html} still renders solutions on: {', '.join(leaked)}")
     return html
 
 
 # ----------------------------------------------------------------------------------- book --
 
 def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int = 0,
-               build_dir: str | Path | None = None) -> Path:
-    """Execute the book's chapters in ``profile`` and render the HTML; return the HTML folder
-    (``book/_build/html`` by default; open ``index.html``).
+               build_dir: str | Path | None = None, edition: str = "full") -> Path:
+    """Execute the book's chapters in ``profile`` and render the HTML of ``edition``; return the HTML
+    folder (``book/_build/html`` by default, ``book/_build/html-student`` for the student edition;
+    open ``index.html``).
 
     ``chapters``: None for every chapter, or names (``02_classification``, ``classification`` or
     ``02``) to rerun only those; the other chapters are reused when fresh (same profile, data_dir,
@@ -369,7 +548,13 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
     to every chapter (papermill parameters). The HTML of an earlier build is deleted first; a chapter
     that raises stops the build with a ``ChapterError`` naming the chapter and the cell, and nothing
     is rendered then. Wall times go to ``<build_dir>/timings.json``.
+
+    ``edition``: ``"full"`` (every solution, hidden behind a toggle) or ``"student"`` (no solution;
+    see ``build_html``). With ``chapters=None`` the student edition reuses every fresh executed
+    chapter (the solutions run in the full build all the same, so the executed notebooks are shared)
+    and executes only the stale or missing ones.
     """
+    check_edition(edition)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
     if data_dir is not None and not Path(data_dir).expanduser().exists():
@@ -380,14 +565,19 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
     build_dir.mkdir(parents=True, exist_ok=True)
     all_chapters = chapter_list()
     _check_toc(all_chapters)
-    wanted = all_chapters if chapters is None else resolve_chapters(chapters, all_chapters)
+    check_exercises(all_chapters)
+    if chapters is None:
+        wanted = [] if edition == "student" else all_chapters
+    else:
+        wanted = resolve_chapters(chapters, all_chapters)
     t_start = time.perf_counter()
-    timings = {"profile": profile, "seed": seed, "data_dir": None if data_dir is None else str(data_dir),
+    timings = {"profile": profile, "edition": edition, "seed": seed, "data_dir": None if data_dir is None else str(data_dir),
                "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "chapters": {}}
     timings_path = build_dir / "timings.json"
     timings_path.unlink(missing_ok=True)
     # the HTML of an earlier build goes first: a build that fails leaves no book that looks fresh
-    for old in (build_dir / "html", build_dir / "source"):
+    html = html_dir(build_dir, edition)
+    for old in (html, build_dir / ("source" if edition == "full" else f"source-{edition}")):
         if old.exists():
             shutil.rmtree(old)
 
@@ -405,7 +595,8 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
                                                 "executed_at": rec.get("executed_at")}
                 print(f"[book] {chapter}: reused (executed {rec.get('executed_at')})", flush=True)
                 continue
-            print(f"[book] {chapter}: not asked for, but its executed copy is stale ({why}): executing", flush=True)
+            reason = "not asked for, but its executed copy is stale" if chapters is not None else "no fresh executed copy"
+            print(f"[book] {chapter}: {reason} ({why}): executing", flush=True)
         print(f"[book] {chapter}: executing (profile {profile}) ...", flush=True)
         try:
             meta = execute_chapter(chapter, profile, data_dir, seed, build_dir)
@@ -418,8 +609,8 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
         write_timings()
         print(f"[book] {chapter}: done in {meta['wall_s']:.1f} s", flush=True)
     t_html = time.perf_counter()
-    print("[book] rendering HTML with Jupyter Book ...", flush=True)
-    html = build_html(build_dir, all_chapters)
+    print(f"[book] rendering the {edition} edition's HTML with Jupyter Book ...", flush=True)
+    html = build_html(build_dir, all_chapters, edition)
     timings["html_seconds"] = round(time.perf_counter() - t_html, 2)
     timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
     write_timings()
@@ -428,6 +619,7 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
     return html
 
 
-__all__ = ["BookBuildError", "ChapterError", "build_book", "build_html", "chapter_list", "convert_chapter",
-           "execute_chapter", "executed_record", "install_kernel", "package_fingerprint", "resolve_chapters",
-           "toc_chapters"]
+__all__ = ["EDITIONS", "EXERCISE_KINDS", "BookBuildError", "ChapterError", "build_book", "build_html", "chapter_list",
+           "check_edition", "check_exercises", "convert_chapter", "directive_blocks", "execute_chapter",
+           "executed_record", "exercise_counts", "html_dir", "install_kernel", "package_fingerprint",
+           "pages_with_solutions", "resolve_chapters", "strip_solutions", "toc_chapters"]

@@ -5,7 +5,7 @@
     cdn eval RUN_DIR
     cdn denoise IMAGE --run RUN_DIR --sigma 0.1 [--class 3] [--out DIR]
     cdn classify IMAGE --run RUN_DIR [--sigma 0]
-    cdn book --profile quick [--chapter NAME ...]
+    cdn book --profile quick [--chapter NAME ...] [--edition full|student]
     cdn bench
 """
 from __future__ import annotations
@@ -195,7 +195,8 @@ def cmd_classify(args) -> int:
 def cmd_book(args) -> int:
     from .book import build_book
 
-    path = build_book(args.profile, args.chapter, args.data_dir, args.seed, build_dir=args.build_dir)
+    path = build_book(args.profile, args.chapter, args.data_dir, args.seed, build_dir=args.build_dir,
+                      edition=args.edition)
     print(f"[cdn] book: {path}")
     return 0
 
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir", default=None, help="folder holding the data")
     b.add_argument("--seed", type=int, default=0, help="seed passed to every chapter")
     b.add_argument("--build-dir", default=None, help="where executed chapters and HTML go (default book/_build)")
+    b.add_argument("--edition", default="full", help="full (default: every solution, hidden behind a toggle) or "
+                   "student (no solution; HTML in <build-dir>/html-student, from the executed chapters when fresh)")
     b.set_defaults(func=cmd_book)
 
     be = sub.add_parser("bench", help="speed and memory benchmarks (see benchmarks/)")

@@ -185,28 +185,11 @@ def ood_sets(in_dist: torch.Tensor, n: int, seed: int = 0, data_dir=None) -> dic
 
 def plot_score_histograms(scores_in: dict, scores_out: dict[str, dict], in_label: str = "in-distribution",
                           bins: int = 40):
-    """One panel per score: the histogram of the in-distribution scores and of each OOD set's
-    (density-normalised, shared bins). Returns the figure."""
-    import matplotlib.pyplot as plt
+    """One panel per score: the density of the in-distribution scores and of each OOD set's on shared
+    bins (``cdn.plots.score_distributions``, seaborn). Returns the figure."""
+    from .plots import score_distributions
 
-    from .plots import PALETTE
-
-    keys = list(scores_in)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
-    for ax, k in zip(axes.flat, keys):
-        vals = [scores_in[k].numpy()] + [sc[k].numpy() for sc in scores_out.values()]
-        allv = np.concatenate(vals)
-        lo, hi = np.percentile(allv, 0.5), np.percentile(allv, 99.5)
-        edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
-        ax.hist(np.clip(vals[0], lo, hi), bins=edges, density=True, color="#444444", alpha=0.5, label=in_label)
-        for i, (name, v) in enumerate(zip(scores_out, vals[1:])):
-            ax.hist(np.clip(v, lo, hi), bins=edges, density=True, histtype="step", linewidth=1.5,
-                    color=PALETTE[i % len(PALETTE)], label=name)
-        ax.set_xlabel(SCORE_LABELS.get(k, k))
-        ax.set_ylabel("density")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return score_distributions(scores_in, scores_out, in_label=in_label, bins=bins, labels=SCORE_LABELS)
 
 
 __all__ = ["SCORES", "SCORE_LABELS", "auroc", "digits_ood", "fpr_at_tpr", "gaussian_noise", "ood_scores", "ood_sets",

@@ -4,6 +4,12 @@ against noise level, image grids, training curves, the noise-level distribution.
 Call ``use_style()`` once at the top of a chapter; every helper draws on a given ``ax`` (or makes
 a new figure) and returns the matplotlib objects, so chapters stay a few lines long. A model keeps
 one colour in every figure of the book (``color_for``).
+
+The statistical figures are drawn with seaborn (the ``book`` extra), under the same matplotlib style
+(seaborn's own themes are never applied): the distribution of the training noise levels
+(``sigma_histogram``), of out-of-distribution scores (``score_distributions``), reliability diagrams,
+confusion matrices, and metrics against the noise level with a band across seeds where several
+seeds exist (``metric_vs_sigma``).
 """
 from __future__ import annotations
 
@@ -73,6 +79,15 @@ def color_for(name: str, index: int = 0) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
+def _seaborn():
+    """seaborn, imported on first use (it is in the ``book`` extra, beside pandas)."""
+    try:
+        import seaborn
+    except ImportError as err:
+        raise ImportError("this figure needs seaborn: pip install -e '.[book]' (or pip install seaborn)") from err
+    return seaborn
+
+
 def _axes(ax, figsize=None):
     if ax is not None:
         return ax.figure, ax
@@ -93,28 +108,34 @@ def _title_and_legend(ax, title: str | None, legend: str | None) -> None:
 
 def metric_vs_sigma(curves: Mapping[str, Sequence[Mapping]], metric: str, ax=None, ylabel: str | None = None,
                     title: str | None = None, percent: bool = False, linthresh: float = 0.01,
-                    legend: str | None = "best"):
-    """Plot ``metric`` against the noise level for several models.
+                    legend: str | None = "best", errorbar="sd"):
+    """Plot ``metric`` against the noise level for several models (seaborn ``lineplot``).
 
     ``curves`` maps a label to rows ``[{"sigma": s, metric: v, ...}, ...]`` (as in
-    ``Run.metrics(...)["classification"]``). The x axis is logarithmic, symmetric-log (linear below
+    ``Run.metrics(...)["classification"]``). Rows of several seeds (several rows at one sigma, e.g.
+    the concatenated rows of runs that differ only by their seed) are drawn as their mean with a band of
+    ``errorbar`` (seaborn's: ``"sd"``, one standard deviation across the seeds, by default; ``("ci", 95)``
+    a bootstrap interval; None for no band). The x axis is logarithmic, symmetric-log (linear below
     ``linthresh``) when sigma = 0 (clean images) is among the levels; ``percent`` multiplies the values
     by 100; the ticks are the noise levels themselves. ``legend``: ``"best"`` (inside), ``"right"``
     (outside, right of the axes) or None. Returns ``(fig, ax)``.
     """
     if not curves:
         raise ValueError("curves is empty: expected {label: [{'sigma': ..., metric: ...}, ...]}")
+    sns = _seaborn()
     fig, ax = _axes(ax)
     markers = "osD^vP*X"
     for i, (label, rows) in enumerate(curves.items()):
         rows = [r for r in rows if r.get(metric) is not None]
         if not rows:
             continue
-        s = [r["sigma"] for r in rows]
-        v = [r[metric] * (100 if percent else 1) for r in rows]
+        s = np.array([r["sigma"] for r in rows], dtype=float)
+        v = np.array([r[metric] * (100 if percent else 1) for r in rows], dtype=float)
         dashed = "wrong" in label or label.startswith("noisy")
-        ax.plot(s, v, marker=markers[i % len(markers)], color=color_for(label, i), label=label,
-                linestyle="--" if dashed else "-")
+        several = len(np.unique(s)) < len(s)  # several rows at one noise level: several seeds
+        sns.lineplot(x=s, y=v, ax=ax, errorbar=errorbar if several else None, marker=markers[i % len(markers)],
+                     color=color_for(label, i), label=label, linestyle="--" if dashed else "-", markeredgewidth=0,
+                     legend=False)
     all_sigmas = sorted({r["sigma"] for rows in curves.values() for r in rows})
     if min(all_sigmas) > 0:
         ax.set_xscale("log")
@@ -282,22 +303,100 @@ def training_curves(logs: Mapping[str, Sequence[Mapping]], keys: Iterable[str] =
 
 
 def sigma_histogram(sigmas, ax=None, bins: int = 40, title: str | None = None):
-    """Histogram of sampled noise levels on a log axis (zeros, the clean images, are counted in the
-    title). Returns ``(fig, ax)``."""
-    s = torch.as_tensor(sigmas).detach().float().cpu().numpy().ravel()
-    if s.size == 0:
+    """Histogram of sampled noise levels on a log axis (seaborn ``histplot``); zeros, the clean images,
+    are counted in the title. ``sigmas`` is one set of draws, or a mapping ``{label: draws}`` to
+    compare distributions (one outlined histogram each, same bins). Returns ``(fig, ax)``."""
+    sns = _seaborn()
+    sets = dict(sigmas) if isinstance(sigmas, Mapping) else {None: sigmas}
+    arrays = {k: torch.as_tensor(v).detach().float().cpu().numpy().ravel() for k, v in sets.items()}
+    if not arrays or any(a.size == 0 for a in arrays.values()):
         raise ValueError("sigmas is empty")
     fig, ax = _axes(ax, figsize=(4.8, 3.0))
-    pos = s[s > 0]
-    if pos.size:
-        edges = np.logspace(np.log10(pos.min()), np.log10(pos.max()), bins + 1)
-        ax.hist(pos, bins=edges, color=PALETTE[0], alpha=0.85)
+    pos_all = np.concatenate([a[a > 0] for a in arrays.values()])
+    if pos_all.size:
+        edges = np.logspace(np.log10(pos_all.min()), np.log10(pos_all.max()), bins + 1)
+        for i, (label, a) in enumerate(arrays.items()):
+            one = label is None
+            sns.histplot(x=a[a > 0], bins=edges, ax=ax, color=PALETTE[i % len(PALETTE)], label=label,
+                         element="bars" if one else "step", fill=one, alpha=0.85 if one else 1.0,
+                         linewidth=0 if one else 1.5)
         ax.set_xscale("log")
     ax.set_xlabel("σ")
     ax.set_ylabel("count")
-    zeros = int((s == 0).sum())
-    ax.set_title(title or f"{s.size} draws" + (f", {zeros} clean (σ = 0)" if zeros else ""))
+    if len(arrays) > 1:
+        ax.legend()
+    if title is None and len(arrays) == 1:
+        s = next(iter(arrays.values()))
+        zeros = int((s == 0).sum())
+        title = f"{s.size} draws" + (f", {zeros} clean (σ = 0)" if zeros else "")
+    if title:
+        ax.set_title(title)
     return fig, ax
+
+
+def score_distributions(scores_in: Mapping[str, torch.Tensor], scores_out: Mapping[str, Mapping[str, torch.Tensor]],
+                        in_label: str = "in-distribution", bins: int = 40, labels: Mapping[str, str] | None = None):
+    """Out-of-distribution scores (``cdn.ood.ood_scores``): one panel per score, the density of the
+    in-distribution scores (filled grey) and of each outlier set's (outlined), on shared bins clipped
+    to the 0.5-99.5 percentiles of all values (seaborn ``histplot``). ``labels`` names the scores on
+    the x axes. Returns the figure."""
+    sns = _seaborn()
+    keys = list(scores_in)
+    if not keys:
+        raise ValueError("scores_in is empty: expected {score name: (N,) tensor}")
+    labels = dict(labels or {})
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes.flat, keys):
+        vals = {in_label: torch.as_tensor(scores_in[k]).double().numpy()}
+        vals.update({name: torch.as_tensor(sc[k]).double().numpy() for name, sc in scores_out.items()})
+        allv = np.concatenate(list(vals.values()))
+        lo, hi = np.percentile(allv, 0.5), np.percentile(allv, 99.5)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+        for i, (name, v) in enumerate(vals.items()):
+            first = i == 0
+            sns.histplot(x=np.clip(v, lo, hi), bins=edges, stat="density", ax=ax, label=name,
+                         color="#444444" if first else PALETTE[(i - 1) % len(PALETTE)],
+                         element="bars" if first else "step", fill=first, alpha=0.5 if first else 1.0,
+                         linewidth=0 if first else 1.5)
+        ax.set_xlabel(labels.get(k, k))
+        ax.set_ylabel("density")
+    handles, names = axes.flat[0].get_legend_handles_labels()  # in-distribution first, then the sets in order
+    order = sorted(range(len(names)), key=lambda j: list(vals).index(names[j]))
+    axes.flat[0].legend([handles[j] for j in order], [names[j] for j in order], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(labels, predictions, classes: Sequence[str], ax=None, normalize: bool = True,
+                     title: str | None = None):
+    """Confusion matrix of integer ``labels`` (true classes) against ``predictions`` as a seaborn
+    heatmap: rows are true classes, columns predicted ones; with ``normalize`` each row is divided by
+    its count (the fraction of each true class predicted as each class). Returns ``(fig, ax, matrix)``
+    with the matrix as a numpy array."""
+    sns = _seaborn()
+    t = torch.as_tensor(labels).long().cpu().ravel()
+    p = torch.as_tensor(predictions).long().cpu().ravel()
+    k = len(classes)
+    if t.shape != p.shape:
+        raise ValueError(f"labels and predictions must have the same length, got {t.numel()} and {p.numel()}")
+    if t.numel() and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= k):
+        raise ValueError(f"labels and predictions must be class indices in [0, {k - 1}]")
+    m = torch.zeros(k, k, dtype=torch.float64).index_put_((t, p), torch.ones(t.numel(), dtype=torch.float64),
+                                                          accumulate=True).numpy()
+    if normalize:
+        m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = _axes(ax, figsize=(0.45 * k + 2.2, 0.45 * k + 1.4))
+    names = [c[:10] for c in classes]
+    sns.heatmap(m, ax=ax, cmap="Blues", vmin=0, vmax=1 if normalize else None, square=True,
+                annot=k <= 12, fmt=".2f" if normalize else ".0f", annot_kws={"fontsize": 7},
+                xticklabels=names, yticklabels=names, cbar_kws={"shrink": 0.8})
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.tick_params(axis="x", rotation=45)
+    ax.grid(False)
+    if title:
+        ax.set_title(title)
+    return fig, ax, m
 
 
 def bar_by_class(values: Sequence[float], classes: Sequence[str], ax=None, highlight: int | None = None,
@@ -316,21 +415,26 @@ def bar_by_class(values: Sequence[float], classes: Sequence[str], ax=None, highl
 
 
 def reliability_diagram(bins: Mapping[str, torch.Tensor], ax=None, title: str | None = None, color: str | None = None):
-    """Reliability diagram from ``cdn.evaluate.reliability_bins``: the accuracy of each confidence bin
-    as a bar, the bin's mean confidence as a tick, the diagonal of perfect calibration, and the
-    fraction of predictions per bin as a grey line. Returns ``(fig, ax)``."""
+    """Reliability diagram from ``cdn.evaluate.reliability_bins`` (seaborn): the accuracy of each
+    confidence bin as a bar over the bin, the bin's mean confidence as a tick, the diagonal of perfect
+    calibration, and the fraction of predictions per bin as a grey line. Returns ``(fig, ax)``."""
+    sns = _seaborn()
     fig, ax = _axes(ax, figsize=(3.2, 3.2))
     edges = bins["edges"].numpy()
-    width, centres = np.diff(edges), (edges[:-1] + edges[1:]) / 2
+    centres = (edges[:-1] + edges[1:]) / 2
     count = bins["count"].numpy()
     full = count > 0
     colour = color or PALETTE[0]
-    ax.bar(centres[full], bins["accuracy"].numpy()[full], width=width[full], color=colour, alpha=0.75,
-           edgecolor="white", label="accuracy")
-    ax.scatter(centres[full], bins["confidence"].numpy()[full], marker="_", s=120, color="#333333",
-               label="mean confidence")
+    acc = {"confidence": centres[full], "accuracy": bins["accuracy"].numpy()[full]}
+    sns.histplot(acc, x="confidence", weights="accuracy", bins=list(edges), ax=ax, color=colour, alpha=0.75,
+                 edgecolor="white", label="accuracy")
+    sns.scatterplot(x=centres[full], y=bins["confidence"].numpy()[full], marker="_", s=120, color="#333333",
+                    linewidth=1.5, ax=ax, label="mean confidence")
     ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=1)
-    ax.plot(centres[full], count[full] / count.sum(), color="#bbbbbb", linewidth=1, label="fraction of images")
+    sns.lineplot(x=centres[full], y=count[full] / count.sum(), color="#bbbbbb", linewidth=1, ax=ax,
+                 label="fraction of images", legend=False)
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence max p(c | y)")
@@ -340,5 +444,6 @@ def reliability_diagram(bins: Mapping[str, torch.Tensor], ax=None, title: str | 
     return fig, ax
 
 
-__all__ = ["PALETTE", "STYLE", "bar_by_class", "color_for", "image_grid", "image_rows", "metric_vs_sigma",
-           "reliability_diagram", "sigma_histogram", "show_image", "training_curves", "use_style"]
+__all__ = ["PALETTE", "STYLE", "accuracy_curves", "bar_by_class", "color_for", "confusion_matrix", "image_grid",
+           "image_rows", "metric_vs_sigma", "reliability_diagram", "score_distributions", "sigma_histogram",
+           "show_image", "signed_images", "training_curves", "use_style"]

@@ -3,6 +3,11 @@ every page and figure exists, headless Chromium renders figures and typeset math
 pipeline's guarantees on small synthetic chapters (a failing chapter names itself and its cell and
 is never rendered; rerunning one chapter reuses only fresh ones).
 
+The same smoke build also checks the teaching material: every exercise and solution of the sources is
+on its page (solutions hidden behind a toggle, linked to their exercise, coding solutions with their
+outputs), the theorems and proofs render, and the student edition, rendered from the same executed
+notebooks (the Sphinx step only), holds every exercise and no solution.
+
 The smoke build takes a few minutes on 2 cores; run these tests alone with ``pytest -m book``.
 The Chromium check needs Debian's ``chromium`` (``apt-get install -y chromium``): it is skipped
 without it on a developer machine and fails without it under CI (``CI`` set).
@@ -11,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -50,6 +57,65 @@ def _parse(path: Path) -> _Tags:
     p = _Tags()
     p.feed(path.read_text(encoding="utf-8"))
     return p
+
+
+class _Blocks(HTMLParser):
+    """The teaching blocks of one page: exercises (id, classes), solutions (id, classes, the exercise
+    they link to, their text, how many cell outputs they hold), theorems and proofs, and the page's
+    text outside the solutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.exercises: list[dict] = []
+        self.solutions: list[dict] = []
+        self.theorems = self.proofs = 0
+        self.outside: list[str] = []
+        self._divs: list[str | None] = []  # per open <div>: "solution" when it opens one
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        inside = any(self._divs)
+        if tag == "div":
+            kind = None
+            if "admonition" in classes and "exercise" in classes:
+                self.exercises.append({"id": a.get("id"), "classes": classes})
+            elif "admonition" in classes and "solution" in classes and not inside:
+                self.solutions.append({"id": a.get("id"), "classes": classes, "links": [], "text": [], "outputs": 0})
+                kind = "solution"
+            elif "proof" in classes and "theorem" in classes:
+                self.theorems += 1
+            elif classes == ["proof", "admonition"]:
+                self.proofs += 1
+            if inside and "cell_output" in classes:
+                self.solutions[-1]["outputs"] += 1
+            self._divs.append(kind)
+        elif tag == "a" and inside and a.get("href", "").startswith("#"):
+            self.solutions[-1]["links"].append(a["href"][1:])
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self._divs:
+            self._divs.pop()
+
+    def handle_data(self, data):
+        (self.solutions[-1]["text"] if any(self._divs) else self.outside).append(data)
+
+
+def _blocks(path: Path) -> _Blocks:
+    return _blocks_of(path.read_text(encoding="utf-8"))
+
+
+def _blocks_of(html_text: str) -> _Blocks:
+    p = _Blocks()
+    p.feed(html_text)
+    return p
+
+
+def _sentences(text: str, min_len: int = 40) -> set[str]:
+    """The sentences (split at '. ' and line ends) of at least ``min_len`` characters, whitespace
+    normalised: a fingerprint of a block of text."""
+    flat = " ".join(text.split())
+    return {s.strip() for s in flat.replace(". ", ".\n").splitlines() if len(s.strip()) >= min_len}
 
 
 def _chromium() -> str | None:
@@ -137,12 +203,100 @@ def test_every_page_and_figure_exists(smoke_book):
     assert pages_with_math >= 4
 
 
-def test_chromium_renders_figures_and_math_offline(smoke_book, tmp_path):
+def test_exercises_and_solutions_of_every_chapter_are_on_its_page(smoke_book):
+    """Per chapter, the exercises and solutions of the source are on the page, in order: each exercise
+    with its kind, each solution hidden behind a toggle (class dropdown) and linked to its exercise,
+    and each coding solution holding the outputs of its executed code cells."""
+    _, html = smoke_book
+    table = {}
+    for chapter in book.chapter_list():
+        counts = book.exercise_counts(chapter)
+        page = _blocks(html / "chapters" / f"{chapter}.html")
+        assert [e["id"] for e in page.exercises] == [e["label"] for e in counts["exercises"]], chapter
+        for shown, src in zip(page.exercises, counts["exercises"]):
+            assert src["kind"] in shown["classes"], f"{chapter}: {src['label']} lost its kind"
+        assert [s["id"] for s in page.solutions] == [s["label"] for s in counts["solutions"]], chapter
+        for shown, src in zip(page.solutions, counts["solutions"]):
+            assert "dropdown" in shown["classes"], f"{chapter}: {src['label']} is not hidden behind a toggle"
+            assert src["exercise"] in shown["links"], f"{chapter}: {src['label']} does not link to {src['exercise']}"
+            assert "".join(shown["text"]).strip(), f"{chapter}: {src['label']} is empty"
+            if src["gated"]:
+                assert shown["outputs"] >= 1, f"{chapter}: the code of {src['label']} left no output in it"
+        table[chapter] = {"pen-and-paper": counts["pen-and-paper"], "coding": counts["coding"],
+                          "solutions in the source": len(counts["solutions"]), "exercises on the page": len(page.exercises),
+                          "solutions on the page": len(page.solutions)}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "book-exercises.json").write_text(json.dumps(table, indent=1))
+    assert sum(r["exercises on the page"] for r in table.values()) >= 24
+
+
+def test_theorems_and_proofs_render(smoke_book):
+    _, html = smoke_book
+    total = 0
+    for chapter in book.chapter_list():
+        names = [b["name"] for b in book.directive_blocks((book.NOTEBOOKS_DIR / f"{chapter}.md").read_text())]
+        page = _blocks(html / "chapters" / f"{chapter}.html")
+        assert page.theorems == names.count("prf:theorem"), chapter
+        assert page.proofs == names.count("prf:proof"), chapter
+        total += page.theorems
+    assert total >= 4
+
+
+@pytest.fixture(scope="module")
+def student_book(smoke_book):
+    """The student edition rendered from the smoke build's executed notebooks (the Sphinx step only);
+    its build time and size go to artifacts/book-student-edition.json."""
+    build, _ = smoke_book
+    t0 = time.perf_counter()
+    html = book.build_html(build, edition="student")
+    seconds = time.perf_counter() - t0
+    size = sum(f.stat().st_size for f in html.rglob("*") if f.is_file())
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "book-student-edition.json").write_text(json.dumps(
+        {"seconds": round(seconds, 1), "bytes": size, "files": sum(1 for f in html.rglob("*") if f.is_file())}, indent=1))
+    return html
+
+
+def test_student_edition_has_every_exercise_and_no_solution(smoke_book, student_book):
+    _, html = smoke_book
+    assert student_book == html.parent / "html-student" and (student_book / "index.html").is_file()
+    assert book.pages_with_solutions(html), "the full edition should have solutions"
+    assert book.pages_with_solutions(student_book) == []
+    secrets_checked = 0
+    for chapter in book.chapter_list():
+        full = _blocks(html / "chapters" / f"{chapter}.html")
+        student_page = student_book / "chapters" / f"{chapter}.html"
+        student = _blocks(student_page)
+        assert [e["id"] for e in student.exercises] == [e["id"] for e in full.exercises], chapter
+        assert not student.solutions, chapter
+        # no sentence of a solution that is not said elsewhere on the page reaches the student page
+        said = _sentences(" ".join(full.outside))
+        secret = set().union(*(_sentences(" ".join(s["text"])) for s in full.solutions)) - said
+        text = " ".join(" ".join(student.outside).split())
+        leaked = sorted(t for t in secret if t in text)
+        assert not leaked, f"{chapter}: solution text in the student edition: {leaked[:3]}"
+        assert "Provenance of this page" in student_page.read_text(encoding="utf-8")
+        secrets_checked += len(secret)
+    assert secrets_checked > 50
+    # nor in any other file of the edition: the notebooks offered for download (_sources), the search index
+    for f in student_book.rglob("*"):
+        if f.is_file() and f.suffix in (".html", ".ipynb", ".js", ".txt", ".md"):
+            text = f.read_text(encoding="utf-8", errors="replace")
+            assert "{solution" not in text and 'class="solution' not in text, f.relative_to(student_book)
+    # the teachers' page and its links to the exercises are in the student edition too
+    teaching = (student_book / "teaching.html").read_text(encoding="utf-8")
+    assert teaching.count('href="chapters/') >= 30
+
+
+def test_chromium_renders_figures_and_math_offline(smoke_book, student_book, tmp_path):
     _, html = smoke_book
     ARTIFACTS.mkdir(exist_ok=True)
-    # index.html is what a reader opens: it redirects to the front page
+    # index.html is what a reader opens: it redirects to the front page; the Tweedie chapter has
+    # theorems, proofs, exercises and solutions; the student edition the same page without solutions
     pages = {"front": html / "index.html",
-             "denoising": html / "chapters" / "03_denoising.html"}
+             "denoising": html / "chapters" / "03_denoising.html",
+             "tweedie": html / "chapters" / "07_tweedie.html",
+             "tweedie-student": student_book / "chapters" / "07_tweedie.html"}
     for name, page in pages.items():
         dom = _chromium_run(page, tmp_path, "--dump-dom")
         assert dom.returncode == 0, dom.stderr[-2000:]
@@ -150,6 +304,20 @@ def test_chromium_renders_figures_and_math_offline(smoke_book, tmp_path):
         # MathJax ran (from the local copy) and typeset the page's math without errors
         assert text.count("<mjx-container") >= 3, f"{name}: math was not typeset by MathJax"
         assert "<mjx-merror" not in text and "Math input error" not in text
+        # no error box of docutils/Sphinx (an unknown directive or role, a broken reference)
+        assert 'class="system-message' not in text and 'class="problematic' not in text, name
+        if name.startswith("tweedie"):
+            blocks = _blocks_of(text)
+            assert blocks.theorems == 2 and blocks.proofs == 2, f"{name}: theorems not rendered"
+            assert len(blocks.exercises) == 3, f"{name}: exercises not rendered"
+            # the theorem statements hold typeset math
+            start = text.index('id="thm-tweedie"')
+            assert "<mjx-container" in text[start:start + 20_000], f"{name}: no typeset math in the theorem"
+            solutions = re.findall(r'<div class="([^"]*\bsolution\b[^"]*)"', text)
+            if name == "tweedie":  # every solution is folded by sphinx-togglebutton when the page loads
+                assert len(solutions) == 3 and all("toggle-hidden" in c for c in solutions), solutions
+            else:
+                assert not solutions, solutions
         # the figures and the provenance box are in the rendered page
         assert text.count("_images/") >= 1, f"{name}: no figure in the rendered DOM"
         assert "Provenance of this page" in text
@@ -162,6 +330,43 @@ def test_chromium_renders_figures_and_math_offline(smoke_book, tmp_path):
         with Image.open(shot) as im:  # a page, not a blank canvas
             colours = im.convert("RGB").resize((320, 550)).getcolors(maxcolors=1_000_000)
         assert colours is not None and len(colours) > 200, f"{name}: the screenshot looks blank"
+
+
+_OPEN_SOLUTION = """
+<script>
+window.addEventListener("load", () => {
+  const solution = document.getElementById("%(solution)s");
+  solution.querySelector(".admonition-title").click();   // the toggle of sphinx-togglebutton
+  // a headless screenshot shows the top of the page: move the exercise and its solution there
+  const article = document.querySelector("article");
+  article.prepend(solution);
+  article.prepend(document.getElementById("%(exercise)s"));
+});
+</script>
+"""
+
+
+def test_chromium_opens_a_solution_with_its_toggle(smoke_book, tmp_path):
+    """A click on a solution's title unfolds it (and only it); the screenshot of the exercise with its
+    solution open is artifacts/book-solution-open.png."""
+    _, html = smoke_book
+    exercise, solution = "ex-tweedie-lambda0", "sol-tweedie-lambda0"
+    page = html / "chapters" / "07_tweedie.html"
+    opened = page.with_name("_solution_open.html")  # beside the page, so that its relative links work
+    text = page.read_text(encoding="utf-8")
+    opened.write_text(text.replace("</body>", _OPEN_SOLUTION % {"solution": solution, "exercise": exercise}
+                                   + "</body>"), encoding="utf-8")
+    dom = _chromium_run(opened, tmp_path, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    by_id = {i: c for c, i in re.findall(r'<div class="([^"]*\bsolution\b[^"]*)" id="([^"]+)"', dom.stdout)}
+    assert solution in by_id and "toggle-hidden" not in by_id[solution], by_id
+    assert all("toggle-hidden" in c for i, c in by_id.items() if i != solution), by_id
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "book-solution-open.png"
+    shot.unlink(missing_ok=True)
+    res = _chromium_run(opened, tmp_path, f"--screenshot={shot}")
+    assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 20_000, res.stderr[-2000:]
+    opened.unlink()
 
 
 # ------------------------------------------------------------- pipeline on tiny chapters --

@@ -1,0 +1,48 @@
+"""Sizes of the book's coding exercises (the solutions run in every build of the book).
+
+A coding exercise that trains a model asks ``run(profile, model, data_dir=..., seed=..., **changes)``
+for it: the profile's configuration with the exercise sizes of ``SIZES`` on top, then the exercise's
+own changes (``lam=0.1``, ``sigma_distribution="uniform"`` ...), loaded or trained through
+``cdn.report.chapter_runs`` like every model of the book. The sizes keep every solution small:
+
+* ``smoke``: the smoke profile itself (seconds; the continuous-integration build);
+* ``quick``: width 8, 200 steps of batch 64 on 10 000 training images and 500 test images, about
+  40 s of training per model on a 2-core CPU (0.18 s per joint step of width 8 and batch 64 in
+  ``results/bench-sweep-cpu-2core.json``), so that an exercise runs on a laptop in a few minutes;
+* ``paper``: width 32, 2 000 steps of batch 128 on the whole training set (minutes on one GPU).
+
+Runs are keyed by their configuration as everywhere in the book (``cdn.runs``), so two exercises that
+ask for the same configuration share one run, and a rebuild trains nothing.
+"""
+from __future__ import annotations
+
+from .profiles import PROFILES, Config, get_config
+
+#: the sizes of the coding exercises per profile, on top of the profile's configuration
+SIZES: dict[str, dict] = {
+    "smoke": {},
+    "quick": dict(width=8, steps=200, batch_size=64, train_size=10_000, test_size=500, warmup_steps=20,
+                  checkpoint_every=100, log_every=10),
+    "paper": dict(width=32, steps=2_000, batch_size=128, test_size=2_000, warmup_steps=100, checkpoint_every=500,
+                  log_every=20),
+}
+
+
+def config(profile: str, model: str = "gradresnet", dataset: str = "cifar10", **changes) -> Config:
+    """The configuration of an exercise: ``get_config(profile, model, dataset)`` with the exercise sizes
+    of ``profile`` (``SIZES``) and then ``changes`` applied (any field of ``cdn.profiles.Config``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    return get_config(profile, model, dataset, **{**SIZES[profile], **changes})
+
+
+def run(profile: str, model: str = "gradresnet", dataset: str = "cifar10", data_dir=None, seed: int = 0, **changes):
+    """The ``cdn.report.ModelRun`` (run, data, label, metrics) of ``config(profile, model, dataset,
+    seed=seed, **changes)``: loaded when it was trained before, trained now otherwise."""
+    from .report import chapter_runs
+
+    config(profile, model, dataset, **changes)  # a bad profile, model or field fails here, before any data is read
+    return chapter_runs(profile, [model], dataset, data_dir, seed, **{**SIZES[profile], **changes})[model]
+
+
+__all__ = ["SIZES", "config", "run"]
