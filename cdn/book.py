@@ -43,7 +43,7 @@ DEFAULT_BUILD_DIR = BOOK_DIR / "_build"
 #: files of book/ copied into the Sphinx source folder of every build
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
 KERNEL_NAME = "cdn-book"
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = ("smoke", "quick", "cpu", "paper")
 _CHAPTER_RE = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
 
 

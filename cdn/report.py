@@ -78,13 +78,24 @@ def git_commit(repo: str | Path | None = None) -> str:
     return f"{commit} + uncommitted changes" if dirty.stdout.strip() else commit
 
 
+def _cpu_model() -> str | None:
+    """The processor's model name from /proc/cpuinfo (Linux), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def device_description(device: str | torch.device | None = None) -> str:
     """The device the chapter's models run on, in words: the CUDA device's name, or ``cpu`` with the
     processor and the number of torch threads."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(dev)})"
-    cpu = platform.processor() or platform.machine() or "unknown processor"
+    cpu = _cpu_model() or platform.processor() or platform.machine() or "unknown processor"
     return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
 
 
