@@ -32,9 +32,11 @@ test: setup chromium
 test-fast: setup
 	$(PY) -m pytest -q -m "not book and not slow"
 
-# execute every chapter with papermill in PROFILE (smoke | quick | paper) and build the HTML
+# execute every chapter with papermill in PROFILE (smoke | quick | cpu | paper) and build the HTML;
+# committed runs (results/<profile>-<dataset>/) are used when their hash matches; RETRAIN=1 trains anyway
+RETRAIN ?=
 book: setup
-	$(PY) -m cdn book --profile $(PROFILE)
+	$(PY) -m cdn book --profile $(PROFILE) $(if $(RETRAIN),--retrain)
 	@echo "open book/_build/html/index.html"
 
 bench: setup

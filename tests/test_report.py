@@ -51,5 +51,5 @@ def test_chapter_summaries_round_trip(tmp_path, monkeypatch):
     assert [r["name"] for r in got] == ["efficiency", "robustness"] and load_summaries("smoke") == []
     pd.testing.assert_frame_equal(got[1]["frame"], table)
     assert got[1]["caption"] == "Robust accuracy" and got[1]["data"] == "CIFAR-10"
-    with pytest.raises(ValueError, match="profile must be one of smoke, quick, paper"):
+    with pytest.raises(ValueError, match="profile must be one of smoke, quick, cpu, paper"):
         save_summary("x", "fast", table, "")
