@@ -193,22 +193,22 @@ def save_weights(state: dict[str, torch.Tensor], run_dir: Path, dtype: torch.dty
                                  "export it in a wider dtype")
             v = cast
         out[k] = v
-    total = sum(v.numel() * v.element_size() for v in out.values())
-    margin = 1 << 16  # room for each file's JSON header
-    if max_file_bytes is None or total + margin <= max_file_bytes:
+    # bytes in a file: 8 + its JSON header (under 200 bytes per tensor besides the name) + the data
+    base = 512
+    need = {k: v.numel() * v.element_size() + len(k) + 200 for k, v in out.items()}
+    if max_file_bytes is None or base + sum(need.values()) <= max_file_bytes:
         atomic_save_tensors(out, run_dir / WEIGHTS, {"format": "cdn-model-1"})
         return [WEIGHTS]
     shards: list[dict] = [{}]
-    size = 0
+    size = base
     for k, v in out.items():
-        nbytes = v.numel() * v.element_size()
-        if nbytes + margin > max_file_bytes:
-            raise ValueError(f"weight {k!r} alone has {nbytes} bytes, more than max_file_bytes={max_file_bytes}")
-        if size + nbytes + margin > max_file_bytes:
+        if base + need[k] > max_file_bytes:
+            raise ValueError(f"weight {k!r} alone needs {need[k]} bytes, more than max_file_bytes={max_file_bytes}")
+        if size + need[k] > max_file_bytes:
             shards.append({})
-            size = 0
+            size = base
         shards[-1][k] = v
-        size += nbytes
+        size += need[k]
     names = [_SHARD.format(i=i + 1, n=len(shards)) for i in range(len(shards))]
     for name, shard in zip(names, shards):
         atomic_save_tensors(shard, run_dir / name, {"format": "cdn-model-1"})

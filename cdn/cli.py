@@ -105,7 +105,7 @@ def cmd_eval(args) -> int:
     run = load_run(args.run, args.device)
     data = resolve_data(run.config, args.data_dir)
     _print_metrics(run.metrics(data.test))
-    print(f"[cdn] wrote {run.dir / 'metrics.json'}")
+    print(f"[cdn] metrics in {(run.metrics_dir or run.dir) / 'metrics.json'}")
     return 0
 
 
@@ -212,9 +212,16 @@ def cmd_book(args) -> int:
 
     from .book import build_book
 
+    old = os.environ.get("CDN_RETRAIN")
     if args.retrain:  # read by cdn.runs.get_or_train in every chapter's kernel (it inherits the environment)
         os.environ["CDN_RETRAIN"] = "1"
-    path = build_book(args.profile, args.chapter, args.data_dir, args.seed, build_dir=args.build_dir)
+    try:
+        path = build_book(args.profile, args.chapter, args.data_dir, args.seed, build_dir=args.build_dir)
+    finally:
+        if old is None:
+            os.environ.pop("CDN_RETRAIN", None)
+        else:
+            os.environ["CDN_RETRAIN"] = old
     print(f"[cdn] book: {path}")
     return 0
 

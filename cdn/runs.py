@@ -327,13 +327,15 @@ def train_command(config: Config) -> str:
 
 
 def export_run(run_dir: str | Path, dest: str | Path | None = None, data_dir=None, command: str | None = None,
-               max_file_mib: float | None = None, overwrite: bool = False, device=None) -> Path:
+               max_file_mib: float | None = None, overwrite: bool = False, device=None, run_md: bool = True) -> Path:
     """Write the finished run in ``run_dir`` as a committed run into ``dest`` (default
     ``committed_dir(config)``, i.e. ``results/<profile>-<dataset>/<model>/``) and return ``dest``:
     the weights in float16 (split into files of at most ``max_file_mib`` MiB when given), config,
     state and metrics without any path of this machine (the data named by file and sha256,
     ``cdn.architecture.data_record``), the log, ``manifest.json`` with every file's sha256, and the
-    profile folder's ``RUN.md`` brought up to date (``write_run_md``). Metrics are computed on the
+    profile folder's ``RUN.md`` brought up to date (``write_run_md``; not with ``run_md=False``, as
+    ``cdn.sprint``, which writes its own into ``dest``). ``dest`` may exist when empty; otherwise only
+    with ``overwrite``. Metrics are computed on the
     configuration's test set when the run has none. ``command`` is the command that trained it
     (default ``train_command``). Used by ``cdn export``; the result is what ``get_or_train`` reuses.
     Nothing is half-written: the folder is assembled beside ``dest`` and renamed into place."""
@@ -346,7 +348,7 @@ def export_run(run_dir: str | Path, dest: str | Path | None = None, data_dir=Non
     run = load_run(run_dir, device or "cpu")
     config = run.config
     dest = Path(dest) if dest is not None else committed_dir(config)
-    if dest.exists() and not overwrite:
+    if dest.exists() and not overwrite and (not dest.is_dir() or any(dest.iterdir())):
         raise ValueError(f"{dest} exists already; pass overwrite=True (cdn export --force) to replace it")
     if max_file_mib is not None and max_file_mib <= 0:
         raise ValueError(f"max_file_mib must be > 0, got {max_file_mib}")
@@ -386,7 +388,8 @@ def export_run(run_dir: str | Path, dest: str | Path | None = None, data_dir=Non
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    write_run_md(dest.parent)
+    if run_md:
+        write_run_md(dest.parent)
     return dest
 
 

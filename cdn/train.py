@@ -219,7 +219,8 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     progress = _want_progress(progress) and main
     timed = config.time_budget_s is not None
-    bar = tqdm(total=None if timed else config.steps, initial=start, disable=not progress, desc=config.run_name(), leave=False)
+    bar = tqdm(total=None if timed else config.steps, initial=start, disable=not progress, desc=config.run_name(),
+               leave=False)
     net.train()
     use_amp = autocast_bf16(config, device)
     acc_terms: dict[str, torch.Tensor] = {}
@@ -287,9 +288,10 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
             if (step + 1) % config.checkpoint_every == 0 or last:
                 states = D.gather_generator_states(generator, info, device)
                 if main:
+                    ema_tensors = None if ema is None else {f"ema/{k}": v for k, v in ema.items()}
                     save_training_checkpoint(run_dir / "ckpt", step + 1, net, optimizer, states,
                                              {"elapsed_s": elapsed, "run": config.run_name()},
-                                             extra_tensors=None if ema is None else {f"ema/{k}": v for k, v in ema.items()})
+                                             extra_tensors=ema_tensors)
                 D.barrier(info)
                 last_good = step + 1
             if spent:

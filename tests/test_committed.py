@@ -187,3 +187,18 @@ def test_export_refuses_unfinished_runs_and_existing_destinations(exported, tmp_
         export_run(run.dir, dest)
     with pytest.raises(FileNotFoundError, match="not a finished run"):
         export_run(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_cdn_book_retrain_reaches_the_chapters(monkeypatch):
+    """``cdn book --retrain`` sets $CDN_RETRAIN for the chapters' kernels (which inherit the environment)
+    during the build only."""
+    import os
+
+    import cdn.book
+
+    seen = []
+    monkeypatch.delenv("CDN_RETRAIN", raising=False)
+    monkeypatch.setattr(cdn.book, "build_book", lambda *a, **k: seen.append(os.environ.get("CDN_RETRAIN")) or "html")
+    assert main(["book", "--profile", "cpu", "--retrain"]) == 0
+    assert main(["book", "--profile", "cpu"]) == 0
+    assert seen == ["1", None] and "CDN_RETRAIN" not in os.environ

@@ -148,3 +148,17 @@ def test_cpu_profile_trains_the_five_models_in_three_hours():
     assert not configs[0].allow_fallback  # never the digits in the committed reference numbers
     for dataset in ("tiny-imagenet", "digits", "synthetic"):
         get_config("cpu", "gradresnet", dataset)
+
+
+def test_every_per_profile_table_has_every_profile():
+    """A chapter run in any profile finds its sizes (``make book PROFILE=cpu`` must not stop on a KeyError)."""
+    from cdn import attacks, certify, corruptions, report, theory
+    from cdn.profiles import PROFILE_SETTINGS
+
+    for table in (attacks.SIZES, certify.SIZES, corruptions.SIZES, theory.THEORY_SETTINGS, report.CLASSICAL_IMAGES,
+                  PROFILE_SETTINGS):
+        assert set(PROFILES) <= set(table), table
+    for profile in PROFILES:
+        assert set(PROFILE_SETTINGS[profile]) >= {"cifar10", "tiny-imagenet", "digits", "synthetic"}
+        for model in theory.theory_settings(profile)["ablation_models"]:
+            get_config(profile, model, "cifar10", **theory.theory_settings(profile)["ablation_overrides"])
