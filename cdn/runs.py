@@ -254,6 +254,8 @@ def find_committed(config: Config, results: str | Path | None = None) -> Path | 
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
     if recorded != config.run_name():
+        print(f"[cdn] {run_dir} holds {recorded}, not {config.run_name()} (another configuration or code "
+              "version): not used")
         return None
     verify_committed(run_dir)
     saved = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
