@@ -144,7 +144,9 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 #: project's 2-core machine (README). Sized from results/bench-sweep-cpu-2core.json (float32, width 32,
 #: batch 128): the joint GradResNet runs at about 70 images/s, so 2,040 s is about 140k images (3
 #: epochs) for it, and 3-4 times that for the cross-entropy models; 5 x 2,040 s = 2 h 50 min of
-#: training, the rest of the 3 hours for start-up and the full test-set evaluation.
+#: training, the rest of the 3 hours for start-up and the full test-set evaluation. The weights' average
+#: (ema_decay 0.999 with the ramp-up of cdn.train.ema_decay_at, (1 + t) / (10 + t)) spans about the last
+#: tenth of the steps in runs shorter than about 9,000 steps, as all of these are.
 CPU_BUDGET_S = 2040.0
 
 #: per-profile settings, per dataset; the budget of each is in DESIGN.md and the README
