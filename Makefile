@@ -35,9 +35,12 @@ test: setup chromium
 test-fast: setup
 	$(PY) -m pytest -q -m "not book and not slow"
 
-# execute every chapter with papermill in PROFILE (smoke | quick | paper) and build the HTML of EDITION
+# execute every chapter with papermill in PROFILE (smoke | quick | cpu | paper) and build the HTML of
+# EDITION (full | student); committed runs (results/<profile>-<dataset>/) are used when their hash
+# matches; RETRAIN=1 trains anyway
+RETRAIN ?=
 book: setup
-	$(PY) -m cdn book --profile $(PROFILE) --edition $(EDITION)
+	$(PY) -m cdn book --profile $(PROFILE) --edition $(EDITION) $(if $(RETRAIN),--retrain)
 	@echo "open book/_build/$(if $(filter student,$(EDITION)),html-student,html)/index.html"
 
 bench: setup

@@ -47,6 +47,7 @@ SIZES: dict[str, dict] = {
                   strong_steps=200, strong_restarts=5, square_queries=5000, square_images=500,
                   large_linf=64 / 255, large_l2=8.0, target_steps=100),
 }
+SIZES["cpu"] = dict(SIZES["quick"])  # the quick sizes, attacking the cpu profile's models
 
 
 def sizes(profile: str) -> dict:

@@ -51,7 +51,7 @@ DEFAULT_BUILD_DIR = BOOK_DIR / "_build"
 #: files of book/ copied into the Sphinx source folder of every build
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "teaching.md")
 KERNEL_NAME = "cdn-book"
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = ("smoke", "quick", "cpu", "paper")
 #: ``full``: every solution, hidden behind a toggle (the default); ``student``: no solution at all
 EDITIONS = ("full", "student")
 #: the kind of an exercise, one of these classes on every ``exercise`` directive

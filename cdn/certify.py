@@ -29,6 +29,7 @@ SIGMAS = (0.12, 0.25, 0.5)
 SIZES: dict[str, dict] = {
     "smoke": dict(n_images=8, n0=8, n=32, alpha=0.001, batch_size=64),
     "quick": dict(n_images=100, n0=50, n=500, alpha=0.001, batch_size=550),
+    "cpu": dict(n_images=100, n0=50, n=500, alpha=0.001, batch_size=550),  # quick's sizes, the cpu models
     "paper": dict(n_images=500, n0=100, n=100_000, alpha=0.001, batch_size=1000),
 }
 

@@ -9,6 +9,10 @@ exists and the hash matches, so a write killed half-way is never loaded: the ten
 checkpoint count. A kill leaves at worst a ``.tmp`` file or a safetensors file without sidecar,
 both ignored (and the ``.tmp`` removed by ``remove_stale_tmp``), and the previous checkpoint intact.
 
+A finished run's weights are ``model.safetensors`` or, split into files of bounded size (a GPU
+sprint's, ``cdn.sprint``), ``model-00001-of-0000N.safetensors`` ... (``save_weights``,
+``load_weights``); either may be half precision, and ``load_model_state`` casts to the network's dtype.
+
 A data-parallel run stores every rank's generator state (``rng/generator`` for rank 0,
 ``rng/generator.R`` for rank R), so each rank resumes its own noise stream.
 """
@@ -81,10 +85,12 @@ def load_tensors(path: Path, expected_sha256: str | None = None) -> dict[str, to
 
 
 def save_training_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                             generator, extra: dict, keep: int = 2) -> Path:
+                             generator, extra: dict, keep: int = 2,
+                             extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``step-XXXXXXXX.safetensors`` and its JSON sidecar atomically; keep the last ``keep``.
     ``generator`` is a ``torch.Generator`` or, for a data-parallel run, the list of every rank's
-    generator state in rank order."""
+    generator state in rank order. ``extra_tensors`` (e.g. the moving average of the weights,
+    ``ema/*``) are stored beside the model's."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -96,6 +102,7 @@ def save_training_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, 
     for r, st in enumerate(states):
         tensors["rng/generator" if r == 0 else f"rng/generator.{r}"] = st
     tensors["rng/torch_cpu"] = torch.get_rng_state()
+    tensors.update(extra_tensors or {})
     path = ckpt_dir / f"step-{step:08d}.safetensors"
     digest = atomic_save_tensors(tensors, path, {"format": FORMAT})
     groups = [{k: v for k, v in g.items() if k != "params"} for g in opt_state["param_groups"]]
@@ -164,8 +171,87 @@ def restore_training_checkpoint(tensors: dict, meta: dict, model, optimizer, gen
     return int(meta["step"])
 
 
+WEIGHTS = "model.safetensors"
+_SHARD = "model-{i:05d}-of-{n:05d}.safetensors"
+
+
+def save_weights(state: dict[str, torch.Tensor], run_dir: Path, dtype: torch.dtype | None = None,
+                 max_file_bytes: int | None = None) -> list[str]:
+    """Write a network's ``state`` into ``run_dir`` as ``model.safetensors`` or, when ``max_file_bytes``
+    is given and the weights do not fit in one file of that size, as ``model-0000i-of-0000N.safetensors``
+    files of at most that size each; floating tensors cast to ``dtype`` when given (float16 for committed
+    runs, ``cdn.runs.export_run``). Returns the file names. Raises ``ValueError`` when a weight does not
+    fit in ``dtype`` (a non-finite value after the cast) or one tensor alone exceeds ``max_file_bytes``."""
+    run_dir = Path(run_dir)
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        if dtype is not None and v.is_floating_point():
+            cast = v.to(dtype)
+            if not torch.isfinite(cast).all() and torch.isfinite(v).all():
+                raise ValueError(f"weight {k!r} overflows {dtype} (max |w| = {v.abs().max().item():.3g}); "
+                                 "export it in a wider dtype")
+            v = cast
+        out[k] = v
+    # bytes in a file: 8 + its JSON header (under 200 bytes per tensor besides the name) + the data
+    base = 512
+    need = {k: v.numel() * v.element_size() + len(k) + 200 for k, v in out.items()}
+    if max_file_bytes is None or base + sum(need.values()) <= max_file_bytes:
+        atomic_save_tensors(out, run_dir / WEIGHTS, {"format": "cdn-model-1"})
+        return [WEIGHTS]
+    shards: list[dict] = [{}]
+    size = base
+    for k, v in out.items():
+        if base + need[k] > max_file_bytes:
+            raise ValueError(f"weight {k!r} alone needs {need[k]} bytes, more than max_file_bytes={max_file_bytes}")
+        if size + need[k] > max_file_bytes:
+            shards.append({})
+            size = base
+        shards[-1][k] = v
+        size += need[k]
+    names = [_SHARD.format(i=i + 1, n=len(shards)) for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        atomic_save_tensors(shard, run_dir / name, {"format": "cdn-model-1"})
+        if (run_dir / name).stat().st_size > max_file_bytes:
+            raise ValueError(f"{name} came out larger than max_file_bytes={max_file_bytes}")
+    return names
+
+
+def weight_files(run_dir: Path) -> list[Path]:
+    """The weight files of a finished run: ``[model.safetensors]`` or every ``model-0000i-of-0000N``
+    file, in order. Raises ``FileNotFoundError`` when there are none or a split set is incomplete."""
+    run_dir = Path(run_dir)
+    if (run_dir / WEIGHTS).is_file():
+        return [run_dir / WEIGHTS]
+    shards = sorted(run_dir.glob("model-*-of-*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{run_dir} is not a finished run: neither {WEIGHTS} nor model-*-of-*.safetensors")
+    n = int(shards[0].name.split("-of-")[1].split(".")[0])
+    want = [run_dir / _SHARD.format(i=i + 1, n=n) for i in range(n)]
+    missing = [p.name for p in want if not p.is_file()]
+    if missing or len(shards) != n:
+        raise FileNotFoundError(f"{run_dir}: the split weights are incomplete (expected {n} files "
+                                f"model-0000i-of-{n:05d}.safetensors; missing {missing})")
+    return want
+
+
+def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights of a finished run, from one file or from all its split files (``weight_files``),
+    as stored (half precision stays half: ``load_model_state`` casts)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(run_dir):
+        part = load_tensors(path)
+        dup = set(part) & set(state)
+        if dup:
+            raise CheckpointError(f"{path} repeats weights of another split file: {sorted(dup)[:3]}")
+        state.update(part)
+    return state
+
+
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
-    """``model.load_state_dict(state, strict=True)`` with a clear error for another architecture."""
+    """``model.load_state_dict(state, strict=True)`` with a clear error for another architecture;
+    floating tensors are cast to the model's dtype (half-precision committed weights into a float32
+    network)."""
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -173,4 +259,4 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], wha
         raise CheckpointError(
             f"{what} does not fit this {type(model).__name__}: it is of another architecture or width "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {wrong[:3]})")
-    model.load_state_dict(state)
+    model.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()})

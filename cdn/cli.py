@@ -1,11 +1,12 @@
 """The command line ``cdn``: train, eval, denoise, classify, book, bench.
 
-    cdn train --profile quick --model gradresnet [--dataset cifar10] [--set lam=0.5] [--dry-run]
+    cdn train --profile quick --model gradresnet [--dataset cifar10] [--set lam=0.5] [--dry-run] [--retrain]
     torchrun --nproc_per_node=N -m cdn train ...        (data-parallel; see cdn/distributed.py)
     cdn eval RUN_DIR
     cdn denoise IMAGE --run RUN_DIR --sigma 0.1 [--class 3] [--out DIR]
     cdn classify IMAGE --run RUN_DIR [--sigma 0]
-    cdn book --profile quick [--chapter NAME ...] [--edition full|student]
+    cdn export RUN_DIR [--to results/<profile>-<dataset>/<model>] [--max-file-mib 16] [--force]
+    cdn book --profile quick [--chapter NAME ...] [--edition full|student] [--retrain]
     cdn bench
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ def cmd_train(args) -> int:
     import dataclasses
 
     from .profiles import get_config
-    from .runs import load_run, resolve_data, runs_root
+    from .runs import find_committed, load_run, resolve_data, runs_root
 
     overrides = _parse_overrides(args.set)
     if args.seed is not None:
@@ -62,7 +63,12 @@ def cmd_train(args) -> int:
                   + (f"; {info.world_size} processes" if info.enabled else ""))
         run_dir = runs_root(args.runs) / config.run_name()
         state_path = run_dir / "state.json"
-        if not (state_path.exists() and json.loads(state_path.read_text()).get("finished")):
+        committed = None if args.retrain else find_committed(config)
+        if committed is not None:
+            run_dir = committed
+            if info.is_main:
+                print(f"[cdn] using the committed run {committed} (sha256 checked); --retrain trains anyway")
+        elif not (state_path.exists() and json.loads(state_path.read_text()).get("finished")):
             from .train import train
 
             state = train(config, run_dir, data.train, device=device, progress=not args.no_progress)
@@ -74,7 +80,8 @@ def cmd_train(args) -> int:
             print(f"[cdn] run: {run_dir}")
         D.barrier(info)  # rank 0 has written the final weights before any rank loads them
         if not args.no_eval:  # every rank evaluates its share of the test batches; rank 0 prints and writes
-            metrics = load_run(run_dir, device).metrics(data.test)
+            shadow = runs_root(args.runs) / "committed" / config.run_name() if committed is not None else None
+            metrics = load_run(run_dir, device, metrics_dir=shadow, verify=False).metrics(data.test)
             if info.is_main:
                 _print_metrics(metrics)
         return 0
@@ -98,7 +105,7 @@ def cmd_eval(args) -> int:
     run = load_run(args.run, args.device)
     data = resolve_data(run.config, args.data_dir)
     _print_metrics(run.metrics(data.test))
-    print(f"[cdn] wrote {run.dir / 'metrics.json'}")
+    print(f"[cdn] metrics in {(run.metrics_dir or run.dir) / 'metrics.json'}")
     return 0
 
 
@@ -192,11 +199,30 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .runs import export_run
+
+    dest = export_run(args.run, args.to, args.data_dir, args.command, args.max_file_mib, overwrite=args.force)
+    print(f"[cdn] committed run written to {dest} (and {dest.parent / 'RUN.md'}); add both to git")
+    return 0
+
+
 def cmd_book(args) -> int:
+    import os
+
     from .book import build_book
 
-    path = build_book(args.profile, args.chapter, args.data_dir, args.seed, build_dir=args.build_dir,
-                      edition=args.edition)
+    old = os.environ.get("CDN_RETRAIN")
+    if args.retrain:  # read by cdn.runs.get_or_train in every chapter's kernel (it inherits the environment)
+        os.environ["CDN_RETRAIN"] = "1"
+    try:
+        path = build_book(args.profile, args.chapter, args.data_dir, args.seed, build_dir=args.build_dir,
+                          edition=args.edition)
+    finally:
+        if old is None:
+            os.environ.pop("CDN_RETRAIN", None)
+        else:
+            os.environ["CDN_RETRAIN"] = old
     print(f"[cdn] book: {path}")
     return 0
 
@@ -218,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model in a profile (reuses a finished run of the same config)")
-    t.add_argument("--profile", default="quick", choices=PROFILES, help="smoke (seconds), quick (minutes on CPU), paper (GPU hours)")
+    t.add_argument("--profile", default="quick", choices=PROFILES, help="smoke (seconds), quick (minutes on CPU), "
+                   "cpu (hours on CPU, committed), paper (GPU hours)")
     t.add_argument("--model", default="gradresnet", choices=list(MODELS), help="gradresnet is the joint model; the others are baselines and ablations")
     t.add_argument("--dataset", default="cifar10", choices=DATASETS, help="training data (default cifar10)")
     t.add_argument("--data-dir", default=None, help="folder or .tar.gz holding the data (default: $CDN_DATA, then ../shared/data)")
@@ -229,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--dry-run", action="store_true", help="print the resolved configuration and run directory, train nothing")
     t.add_argument("--no-eval", action="store_true", help="train only; skip the metrics on the test set")
+    t.add_argument("--retrain", action="store_true", help="ignore a committed run of the same configuration "
+                   "(results/<profile>-<dataset>/<model>/) and train (or reuse) it under the runs root")
     t.add_argument("--distributed", action="store_true", help="data-parallel over torch.distributed from the "
                    "launcher's RANK/WORLD_SIZE/LOCAL_RANK (implied under torchrun); see cdn/distributed.py")
     t.set_defaults(func=cmd_train)
@@ -257,6 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default=None, help="cpu or cuda")
     c.set_defaults(func=cmd_classify)
 
+    x = sub.add_parser("export", help="write a finished run as a committed run (float16 weights, sha256 manifest, "
+                       "RUN.md) that cdn reuses instead of training")
+    x.add_argument("run", help="a finished run directory (runs/<name>-<hash>)")
+    x.add_argument("--to", default=None, help="destination folder (default results/<profile>-<dataset>/<model>)")
+    x.add_argument("--data-dir", default=None, help="folder holding the data (its file is recorded by name and sha256)")
+    x.add_argument("--command", default=None, help="the command that trained the run, for RUN.md (default: the "
+                   "cdn train command of its configuration)")
+    x.add_argument("--max-file-mib", type=float, default=None, help="split the weights into files of at most this "
+                   "many MiB")
+    x.add_argument("--force", action="store_true", help="replace an existing destination")
+    x.set_defaults(func=cmd_export)
+
     b = sub.add_parser("book", help="execute the chapters with papermill and build the HTML book")
     b.add_argument("--profile", default="quick", choices=PROFILES, help="profile the chapters run in")
     b.add_argument("--chapter", nargs="*", default=None, help="rerun only these chapters (by name)")
@@ -265,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--build-dir", default=None, help="where executed chapters and HTML go (default book/_build)")
     b.add_argument("--edition", default="full", help="full (default: every solution, hidden behind a toggle) or "
                    "student (no solution; HTML in <build-dir>/html-student, from the executed chapters when fresh)")
+    b.add_argument("--retrain", action="store_true", help="ignore committed runs (results/): the chapters train "
+                   "(or reuse from the runs root) every model they need")
     b.set_defaults(func=cmd_book)
 
     be = sub.add_parser("bench", help="speed and memory benchmarks (see benchmarks/)")

@@ -63,6 +63,7 @@ NON_MONOTONE = {
 SIZES = {
     "smoke": dict(n_images=24, holdout=8, sigmas=(0.0, 0.1)),
     "quick": dict(n_images=1000, holdout=200, sigmas=(0.0, 0.05, 0.1, 0.2, 0.3)),
+    "cpu": dict(n_images=1000, holdout=200, sigmas=(0.0, 0.05, 0.1, 0.2, 0.3)),  # quick's sizes
     "paper": dict(n_images=10000, holdout=1000, sigmas=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4)),
 }
 

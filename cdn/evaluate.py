@@ -37,10 +37,19 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse.clamp_min(1e-12))
 
 
+def classify_flip(model: JointModel, y: torch.Tensor, sigma=None) -> torch.Tensor:
+    """Test-time flips: ``log_softmax`` of the mean of ``log p(c | y)`` and ``log p(c | y flipped left to
+    right)``, a normalised log-probability (``Config.tta_flip``, chapters "Training the joint model" and
+    "Classification"). Equals ``model.classify(y)`` on images that are their own mirror image."""
+    logp = (upcast(model.classify(y, sigma)) + upcast(model.classify(y.flip(-1), sigma))) / 2
+    return torch.log_softmax(logp, dim=1)
+
+
 @torch.no_grad()
 def classification_vs_sigma(model: JointModel, data: ImageDataset, sigmas=DEFAULT_SIGMAS, batch_size: int = 250,
-                            seed: int = 0, device=None) -> list[dict]:
-    """For each sigma: ``{"sigma", "accuracy", "nll", "ece"}`` of ``argmax p(c | x + sigma eps)``."""
+                            seed: int = 0, device=None, tta_flip: bool = False) -> list[dict]:
+    """For each sigma: ``{"sigma", "accuracy", "nll", "ece"}`` of ``argmax p(c | x + sigma eps)``; with
+    ``tta_flip`` the probabilities are those of ``classify_flip``."""
     device = device or next(model.parameters()).device
     model.eval()
     info = distributed.current()
@@ -51,7 +60,7 @@ def classification_vs_sigma(model: JointModel, data: ImageDataset, sigmas=DEFAUL
         for bi in distributed.my_batches(num_batches, info):
             x = data.to_float(slice(bi * batch_size, (bi + 1) * batch_size), device)
             y = x + sigma * _noise(x.shape, si, bi, seed, device)
-            mine[bi] = model.classify(y, sigma).float().cpu()
+            mine[bi] = (classify_flip(model, y, sigma) if tta_flip else model.classify(y, sigma)).float().cpu()
         gathered = {bi: lp for part in distributed.gather_objects(mine, info) for bi, lp in part.items()}
         logp = torch.cat([gathered[bi] for bi in range(num_batches)])
         rows.append({"sigma": float(sigma), **classification_metrics(logp, data.labels, data.num_classes)})

@@ -1,5 +1,5 @@
-"""Named configurations: the profiles ``smoke``, ``quick`` and ``paper`` for each model and dataset
-(every chapter starts from ``get_config``).
+"""Named configurations: the profiles ``smoke``, ``quick``, ``cpu`` and ``paper`` for each model and
+dataset (every chapter starts from ``get_config``).
 
 The paper's exact hyper-parameters are not available to this project (PAPER.md); every value
 below is our documented choice, visible in one place, and written beside each run as config.json.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .data import DATASETS
 from .nets import ARCHITECTURES, VARIANTS
 
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = ("smoke", "quick", "cpu", "paper")
 #: bumped whenever a change to the networks or the training loop makes old runs incomparable;
 #: part of every run's hash, so such a change never reuses a stale run
 CODE_VERSION = 3
@@ -80,6 +80,10 @@ class Config:
     log_every: int = 10
     allow_fallback: bool = True
     precision: str = "auto"
+    # the recipe for short budgets (chapter "Training the joint model"); see HASHED_WHEN_SET
+    time_budget_s: float | None = None   # None: a schedule over `steps`; else over training seconds
+    ema_decay: float | None = None       # exponential moving average of the weights, used for evaluation
+    tta_flip: bool = False               # classification averages log p(c | y) and log p(c | flipped y)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -97,13 +101,26 @@ class Config:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.time_budget_s is not None and not (isinstance(self.time_budget_s, (int, float))
+                                                   and 0 < self.time_budget_s < float("inf")):
+            raise ValueError(f"time_budget_s must be None or a number of seconds > 0, got {self.time_budget_s!r}")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be None or a number in (0, 1), e.g. 0.999, got {self.ema_decay!r}")
+        if not isinstance(self.tta_flip, bool):
+            raise ValueError(f"tta_flip must be true or false, got {self.tta_flip!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """A short hash of the whole configuration (sorted JSON): equal iff the configs are equal."""
-        text = json.dumps({**self.to_dict(), "code_version": CODE_VERSION}, sort_keys=True)
+        """A short hash of the whole configuration (sorted JSON) and ``CODE_VERSION``: equal iff the
+        configs are equal. The fields of ``HASHED_WHEN_SET`` enter the hash only when they differ from
+        their default, so adding them kept the names of the runs trained before."""
+        d = self.to_dict()
+        for name in HASHED_WHEN_SET:
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
+        text = json.dumps({**d, "code_version": CODE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def run_name(self) -> str:
@@ -117,6 +134,20 @@ class Config:
             raise ValueError(f"unknown configuration keys {sorted(unknown)}")
         return cls(**d)
 
+
+#: fields added after runs of CODE_VERSION 3 were trained and committed: part of the hash only when
+#: set to a value other than their default (``Config.key``)
+HASHED_WHEN_SET = ("time_budget_s", "ema_decay", "tta_flip")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+
+#: the ``cpu`` profile's training seconds per model: five CIFAR-10 models in at most 3 hours on the
+#: project's 2-core machine (README). Sized from results/bench-sweep-cpu-2core.json (float32, width 32,
+#: batch 128): the joint GradResNet runs at about 70 images/s, so 2,040 s is about 140k images (3
+#: epochs) for it, and 3-4 times that for the cross-entropy models; 5 x 2,040 s = 2 h 50 min of
+#: training, the rest of the 3 hours for start-up and the full test-set evaluation. The weights' average
+#: (ema_decay 0.999 with the ramp-up of cdn.train.ema_decay_at, (1 + t) / (10 + t)) spans about the last
+#: tenth of the steps in runs shorter than about 9,000 steps, as all of these are.
+CPU_BUDGET_S = 2040.0
 
 #: per-profile settings, per dataset; the budget of each is in DESIGN.md and the README
 PROFILE_SETTINGS: dict[str, dict[str, dict]] = {
@@ -132,6 +163,14 @@ PROFILE_SETTINGS: dict[str, dict[str, dict]] = {
         "tiny-imagenet": dict(width=16, train_size=None, test_size=1000, max_classes=20, steps=300,
                               batch_size=64, lr=2e-3, warmup_steps=30, checkpoint_every=100, log_every=10),
     },
+    # five models at one width, one time budget and one recipe (time schedule, EMA, flip TTA), trained
+    # once on the 2-core machine and committed under results/cpu-cifar10/ (cdn.runs); `steps` is only
+    # an upper bound here. Tiny ImageNet keeps the quick sizes (chapter 4 trains it in minutes)
+    "cpu": {
+        "cifar10": dict(width=32, train_size=None, test_size=None, steps=200_000, batch_size=128, lr=2e-3,
+                        warmup_steps=200, checkpoint_every=200, log_every=20, time_budget_s=CPU_BUDGET_S,
+                        ema_decay=0.999, tta_flip=True),
+    },
     "paper": {
         "cifar10": dict(width=64, train_size=None, test_size=None, steps=78_200, batch_size=128, lr=1e-3,
                         warmup_steps=1000, checkpoint_every=2000, log_every=50),
@@ -143,6 +182,9 @@ PROFILE_SETTINGS["smoke"]["digits"] = PROFILE_SETTINGS["smoke"]["cifar10"]
 PROFILE_SETTINGS["smoke"]["synthetic"] = PROFILE_SETTINGS["smoke"]["cifar10"]
 PROFILE_SETTINGS["quick"]["digits"] = dict(PROFILE_SETTINGS["quick"]["cifar10"], test_size=None)
 PROFILE_SETTINGS["quick"]["synthetic"] = PROFILE_SETTINGS["quick"]["cifar10"]
+PROFILE_SETTINGS["cpu"]["tiny-imagenet"] = PROFILE_SETTINGS["quick"]["tiny-imagenet"]
+PROFILE_SETTINGS["cpu"]["digits"] = PROFILE_SETTINGS["quick"]["digits"]
+PROFILE_SETTINGS["cpu"]["synthetic"] = PROFILE_SETTINGS["quick"]["cifar10"]
 PROFILE_SETTINGS["paper"]["digits"] = PROFILE_SETTINGS["quick"]["digits"]
 PROFILE_SETTINGS["paper"]["synthetic"] = PROFILE_SETTINGS["quick"]["cifar10"]
 
@@ -159,7 +201,7 @@ def get_config(profile: str = "quick", model: str = "gradresnet", dataset: str =
     arch, objective, cond = MODELS[model]
     settings = dict(PROFILE_SETTINGS[profile][dataset])
     settings.update(model=model, profile=profile, dataset=dataset, arch=arch, objective=objective,
-                    noise_conditioning=cond, allow_fallback=profile != "paper")
+                    noise_conditioning=cond, allow_fallback=profile in ("smoke", "quick"))
     known = {f.name for f in dataclasses.fields(Config)}
     bad = set(overrides) - known
     if bad:

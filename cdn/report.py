@@ -78,13 +78,24 @@ def git_commit(repo: str | Path | None = None) -> str:
     return f"{commit} + uncommitted changes" if dirty.stdout.strip() else commit
 
 
+def _cpu_model() -> str | None:
+    """The processor's model name from /proc/cpuinfo (Linux), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def device_description(device: str | torch.device | None = None) -> str:
     """The device the chapter's models run on, in words: the CUDA device's name, or ``cpu`` with the
     processor and the number of torch threads."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(dev)})"
-    cpu = platform.processor() or platform.machine() or "unknown processor"
+    cpu = _cpu_model() or platform.processor() or platform.machine() or "unknown processor"
     return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
 
 
@@ -109,6 +120,9 @@ _PROFILE_NOTES = {
              "seconds. The numbers below mean nothing.",
     "quick": "**quick profile**: small widths, short schedules and data subsets that fit a 2-core "
              "machine. The numbers are illustrative, not the paper's.",
+    "cpu": "**cpu profile**: the five CIFAR-10 models at width 32 on all 50,000 training images, each trained "
+           "for the same time budget with the short-budget recipe (time schedule, weight average, test-time "
+           "flips) on a 2-core CPU, evaluated on the 10,000 test images; committed under results/cpu-cifar10/.",
     "paper": "**paper profile**: the paper-sized architecture and schedule (one GPU, hours).",
 }
 
@@ -347,6 +361,49 @@ def photo(size: int, channels: int = 3, name: str = "astronaut") -> torch.Tensor
     return torch.from_numpy(np.clip(img, 0, 1).transpose(2, 0, 1).copy()).float()
 
 
+#: the classical references' comparison in chapter "Denoising": BM3D costs about a second of CPU per
+#: 32x32 colour image and noise level, so it runs on this many seeded random test images per profile
+CLASSICAL_IMAGES = {"smoke": 4, "quick": 48, "cpu": 100, "paper": 500}
+#: the noise levels of that comparison
+CLASSICAL_SIGMAS = (0.05, 0.1, 0.2)
+
+
+def bm3d_denoiser(profile: str = "np"):
+    """A classical reference denoiser for ``cdn.evaluate.psnr_vs_sigma``: BM3D (Dabov, Foi, Katkovnik
+    and Egiazarian, 2007; the pip package ``bm3d``, Mäkinen, Azzari and Foi) told the true sigma,
+    ``bm3d_rgb`` on colour images (in its opponent colour space) and ``bm3d`` on grey ones, image by
+    image on the CPU (chapter "Denoising"). Returns ``denoise(y, sigma, c)``; ``sigma = 0`` returns
+    ``y``."""
+    try:
+        import bm3d
+    except ImportError as err:
+        raise ImportError("BM3D needs the pip package bm3d (in the book extra): pip install bm3d") from err
+
+    def denoise(y: torch.Tensor, sigma: float, c=None) -> torch.Tensor:
+        if float(sigma) == 0.0:
+            return y
+        out = []
+        for img in y.detach().double().cpu().numpy():
+            z = img.transpose(1, 2, 0)
+            d = bm3d.bm3d_rgb(z, float(sigma), profile) if z.shape[2] == 3 else bm3d.bm3d(z[..., 0], float(sigma),
+                                                                                        profile)[..., None]
+            out.append(np.asarray(d).reshape(z.shape).transpose(2, 0, 1))
+        return torch.from_numpy(np.stack(out)).to(y.device, y.dtype)
+
+    return denoise
+
+
+def random_images(ds, n: int, seed: int = 0):
+    """``n`` seeded random images of ``ds`` (``ImageDataset.sample_indices``) as a dataset of their own,
+    in that order, so that every denoiser evaluated on it by ``psnr_vs_sigma`` with one seed sees the
+    same noisy images (chapter "Denoising": the networks beside BM3D and non-local means)."""
+    from .data import ImageDataset
+
+    idx = ds.sample_indices(min(n, len(ds)), seed)
+    return ImageDataset(ds.images[idx], ds.labels[idx], ds.classes, ds.name,
+                        ds.source + f", {len(idx)} random images (seed {seed})", ds.fallback, dict(ds.meta))
+
+
 # --------------------------------------------------------------------- cached chapter results --
 
 def file_digest(*paths) -> str:
@@ -414,12 +471,14 @@ def load_summaries(profile: str) -> list[dict]:
 def committed_results(results_dir: str | Path | None = None) -> list[Path]:
     """The GPU result files (``*.json``, ``*.csv``) committed under ``results/paper-*/`` (one folder
     per paper-profile run, chapter "Results"), sorted; an empty list when there are none. The CPU
-    benchmark files directly under ``results/`` belong to chapter "Efficiency" and are not listed."""
+    benchmark files directly under ``results/`` belong to chapter "Efficiency" and are not listed. Of a
+    committed run (a folder with ``manifest.json``, ``cdn.runs.export_run``) only ``metrics.json`` is."""
     root = Path(results_dir) if results_dir is not None else REPO_ROOT / "results"
     if not root.is_dir():
         return []
     return sorted(p for d in root.glob("paper-*") if d.is_dir() for p in d.rglob("*")
-                  if p.is_file() and p.suffix.lower() in (".json", ".csv"))
+                  if p.is_file() and p.suffix.lower() in (".json", ".csv")
+                  and (p.name == "metrics.json" or not (p.parent / "manifest.json").is_file()))
 
 
 def load_result(path: str | Path):
@@ -461,4 +520,5 @@ def published_references():
 __all__ = ["PUBLISHED_REFERENCES", "MODEL_LABELS", "TRAINING_SUMMARY_FORMAT", "ModelRun", "cached_json", "chapter_runs", "classification_table",
            "committed_results", "load_summaries", "save_summary", "data_source", "denoising_table", "device_description", "git_commit",
            "file_digest", "headline_rows", "load_result", "model_label", "nlmeans_denoiser", "photo", "provenance", "provenance_box", "provenance_markdown",
-           "psnr_curves", "published_references", "tile", "training_summary", "untile"]
+           "psnr_curves", "published_references", "tile", "training_summary", "untile", "CLASSICAL_IMAGES",
+           "CLASSICAL_SIGMAS", "bm3d_denoiser", "random_images"]

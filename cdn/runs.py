@@ -5,12 +5,28 @@ chapter gets its models through ``get_or_train``).
 ``model.safetensors``, ``state.json`` and ``metrics.json``. A finished run is reused, an unfinished
 one resumed from its last checkpoint, and a run whose configuration differs has another hash and
 is never reused. The root is ``$CDN_RUNS`` or ``runs/`` in the repository.
+
+Committed runs. Runs that took long to train are committed under
+``results/<profile>-<dataset>/<model>/`` (``committed_dir``), written by ``export_run`` (``cdn
+export``): ``config.json``, ``state.json``, ``log.jsonl``, ``metrics.json``, the weights in half
+precision (``model.safetensors``, or ``model-0000i-of-0000N.safetensors`` files of bounded size) and
+``manifest.json``, the sha256 of each of those files and the run's name; data are named by file name
+and sha256 (``state.json``'s ``data_record``), never by a path of the machine that trained them. One
+``RUN.md`` per profile folder tells how each was made (command, commit, machine, wall time).
+``get_or_train`` uses the committed run whose recorded name (hash) equals the configuration's,
+after checking every file's sha256 (a mismatch raises ``CheckpointError``: never a silent retrain),
+unless asked to retrain (``retrain=True``, ``$CDN_RETRAIN=1``, ``cdn train --retrain``, ``cdn book
+--retrain``): then committed runs are ignored and the run is trained (or reused) under the runs root.
+Metrics a chapter computes for a committed run that its ``metrics.json`` does not hold are written
+under ``<runs root>/committed/<run name>/``, never into ``results/``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +34,17 @@ import torch
 
 from . import data as data_mod
 from . import distributed
-from .checkpoint import CheckpointError, atomic_write_text, load_model_state, load_tensors
+from .checkpoint import (CheckpointError, atomic_write_text, load_model_state, load_weights, save_weights,
+                         sha256_file, weight_files)
 from .evaluate import DEFAULT_SIGMAS, DENOISE_SIGMAS, classification_vs_sigma, joint_denoisers, psnr_vs_sigma
 from .joint import JointModel
-from .profiles import Config
+from .profiles import Config, get_config
 from .train import default_device, make_net, read_log, train
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "cdn-committed-run-1"
+#: the files of a committed run besides its weights
+COMMITTED_FILES = ("config.json", "state.json", "log.jsonl", "metrics.json")
 
 
 def runs_root(root: str | Path | None = None) -> Path:
@@ -32,6 +54,21 @@ def runs_root(root: str | Path | None = None) -> Path:
     if os.environ.get("CDN_RUNS"):
         return Path(os.environ["CDN_RUNS"])
     return data_mod.REPO_ROOT / "runs"
+
+
+def results_root(results: str | Path | None = None) -> Path:
+    """Where committed runs live: ``results``, else ``$CDN_RESULTS``, else ``results/`` in the repository."""
+    if results is not None:
+        return Path(results)
+    if os.environ.get("CDN_RESULTS"):
+        return Path(os.environ["CDN_RESULTS"])
+    return data_mod.REPO_ROOT / "results"
+
+
+def retrain_requested() -> bool:
+    """Whether ``$CDN_RETRAIN`` asks to ignore committed runs (set by ``cdn book --retrain`` for the
+    chapters it executes)."""
+    return os.environ.get("CDN_RETRAIN", "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass
@@ -66,14 +103,47 @@ def _first_classes(ds: data_mod.ImageDataset, k: int) -> data_mod.ImageDataset:
                                  ds.source + f", first {k} classes", ds.fallback)
 
 
+_PAREN = re.compile(r"\(([^()]*)\)")
+
+
+def portable_source(source: str | None) -> str | None:
+    """A data description without this machine's paths: every absolute path inside parentheses is
+    replaced by its last component (``CIFAR-10 JPEG copy (/data/cifar10-jpeg.tar.gz), subset of 2000``
+    -> ``CIFAR-10 JPEG copy (cifar10-jpeg.tar.gz), subset of 2000``). Used in the key of cached metrics
+    and in exported runs, so that they match on every machine."""
+    if source is None:
+        return None
+
+    def strip(m: re.Match) -> str:
+        parts = [p.strip() for p in m.group(1).split(",")]
+        parts = [Path(p).name if (p.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", p)) else p
+                 for p in parts]
+        return "(" + ", ".join(parts) + ")"
+
+    return _PAREN.sub(strip, source)
+
+
+def _metrics_key_matches(cached: dict, key: dict) -> bool:
+    """Whether a cached metrics key equals ``key``, comparing the test set's description without paths
+    (keys written before ``portable_source`` held absolute paths)."""
+    old = cached.get("key")
+    if not isinstance(old, dict):
+        return False
+    return {**old, "test": portable_source(old.get("test"))} == key
+
+
 @dataclass
 class Run:
-    """A trained (or training) run: its directory, configuration, state and network."""
+    """A trained (or training) run: its directory, configuration, state and network.
+    ``metrics_dir`` is where metrics computed later are written: the run's own directory, or for a
+    committed run (``committed``) a folder under the runs root, so that ``results/`` is never written."""
 
     dir: Path
     config: Config
     state: dict
     net: torch.nn.Module
+    metrics_dir: Path | None = None
+    committed: bool = False
 
     @property
     def model(self) -> JointModel:
@@ -81,29 +151,42 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.dir.name
+        """The run's name, ``<dataset>-<model>-<profile>-<hash>`` (the directory of an ordinary run)."""
+        return self.state.get("run") or self.dir.name
 
     def log(self) -> list[dict]:
         return read_log(self.dir)
 
     def metrics(self, test_set: data_mod.ImageDataset, sigmas=DEFAULT_SIGMAS, denoise_sigmas=DENOISE_SIGMAS,
-                seed: int = 0) -> dict:
+                seed: int = 0, tta_flip: bool | None = None) -> dict:
         """Classification and denoising metrics against sigma on ``test_set``, cached in
-        ``metrics.json`` (recomputed when the test set, the sigmas or the seed differ)."""
-        key = {"test": test_set.source, "n": len(test_set), "sigmas": list(sigmas),
+        ``metrics.json`` (recomputed when the test set, the sigmas, the seed or the test-time flips
+        differ). ``tta_flip`` (default ``config.tta_flip``): classification averages over the image and
+        its mirror image (``cdn.evaluate.classify_flip``). A committed run's own ``metrics.json`` is
+        used when its key matches; otherwise the metrics go to ``metrics_dir``."""
+        tta = self.config.tta_flip if tta_flip is None else bool(tta_flip)
+        key = {"test": portable_source(test_set.source), "n": len(test_set), "sigmas": list(sigmas),
                "denoise_sigmas": list(denoise_sigmas), "seed": seed}
-        path = self.dir / "metrics.json"
+        if tta:
+            key["tta_flip"] = True
+        out_dir = self.metrics_dir or self.dir
         device = next(self.net.parameters()).device
         info = distributed.current()
-        cached = json.loads(path.read_text()) if path.exists() else {}
+        cached = {}
+        for path in dict.fromkeys([self.dir / "metrics.json", out_dir / "metrics.json"]):
+            found = json.loads(path.read_text()) if path.exists() else {}
+            if _metrics_key_matches(found, key):
+                cached = found
+                break
         # under torch.distributed every rank must take the same branch: rank 0's cache decides
-        if distributed.broadcast_int(int(cached.get("key") == key), info, device):
+        if distributed.broadcast_int(int(bool(cached)), info, device):
             return cached
         out: dict = {"key": key, "run": self.name, "model": self.config.model, "profile": self.config.profile,
-                     "train_data": self.state.get("data"), "steps": self.state.get("step"),
+                     "train_data": portable_source(self.state.get("data")), "steps": self.state.get("step"),
                      "epochs": self.state.get("epochs"), "train_time_s": self.state.get("elapsed_s")}
         if self.config.objective != "mse":
-            out["classification"] = classification_vs_sigma(self.model, test_set, sigmas, seed=seed, device=device)
+            out["classification"] = classification_vs_sigma(self.model, test_set, sigmas, seed=seed, device=device,
+                                                            tta_flip=tta)
             out["clean_accuracy"] = out["classification"][0]["accuracy"] if sigmas[0] == 0 else None
         if self.config.objective == "mse":
             net = self.net.eval()
@@ -114,16 +197,87 @@ class Run:
             out["denoising"] = psnr_vs_sigma(joint_denoisers(self.model, test_set.num_classes), test_set,
                                              denoise_sigmas, seed=seed, device=device)
         if info.is_main:
-            atomic_write_text(path, json.dumps(out, indent=1))
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / "metrics.json", json.dumps(out, indent=1))
         return out
 
 
+# ------------------------------------------------------------------------------ committed runs --
+
+def committed_dir(config: Config, results: str | Path | None = None) -> Path:
+    """Where the committed run of ``config``'s profile, dataset and model lives:
+    ``results/<profile>-<dataset>/<model>/``."""
+    return results_root(results) / f"{config.profile}-{config.dataset}" / config.model
+
+
+def verify_committed(run_dir: str | Path) -> dict:
+    """Check every file of a committed run against the sha256 its ``manifest.json`` records and return
+    the manifest. Raises ``FileNotFoundError`` for a missing manifest or file and ``CheckpointError``
+    for a file whose bytes changed (restore it, e.g. ``git checkout -- <file>``, or retrain with
+    ``--retrain``)."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a committed run: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a valid manifest (expected JSON with 'files': {{name: sha256}}): "
+                              f"{err}") from err
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise CheckpointError(f"{path} has format {manifest.get('format')!r}; expected {MANIFEST_FORMAT!r}")
+    for name, digest in files.items():
+        f = run_dir / name
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise CheckpointError(f"{path} names a file outside the run folder: {name!r}")
+        if not f.is_file():
+            raise FileNotFoundError(f"committed run {run_dir}: {name} is missing (its manifest lists it)")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise CheckpointError(
+                f"committed run {run_dir}: {name} is corrupted or was changed (sha256 {actual[:16]}..., the "
+                f"manifest says {digest[:16]}...). Restore it (git checkout -- {f}) or train anew with --retrain.")
+    return manifest
+
+
+def find_committed(config: Config, results: str | Path | None = None) -> Path | None:
+    """The committed run of ``config`` (``committed_dir``) when its recorded name, hash included, is
+    ``config.run_name()``, after ``verify_committed``; None when there is none or it is another
+    configuration's (e.g. one trained before a ``CODE_VERSION`` bump)."""
+    run_dir = committed_dir(config, results)
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text()).get("run")
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if recorded != config.run_name():
+        print(f"[cdn] {run_dir} holds {recorded}, not {config.run_name()} (another configuration or code "
+              "version): not used")
+        return None
+    verify_committed(run_dir)
+    saved = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if saved != config:
+        raise CheckpointError(f"committed run {run_dir} is recorded as {recorded} but its config.json is another "
+                              "configuration")
+    return run_dir
+
+
 def get_or_train(config: Config, data: Data | None = None, data_dir=None, root=None, device=None,
-                 progress: bool | None = None) -> Run:
-    """The run of ``config``: loaded when finished, resumed when interrupted, trained otherwise."""
+                 progress: bool | None = None, retrain: bool | None = None, results=None) -> Run:
+    """The run of ``config``: the committed run of the same hash when there is one (``find_committed``;
+    not with ``retrain``, which defaults to ``$CDN_RETRAIN``), else the finished run under the runs root,
+    resumed when interrupted, trained otherwise."""
     data = data or resolve_data(config, data_dir)
     if data.config.dataset != config.dataset:  # the data fell back (e.g. to digits): key the run by it
         config = dataclasses.replace(config, dataset=data.config.dataset)
+    if not (retrain_requested() if retrain is None else retrain):
+        committed = find_committed(config, results)
+        if committed is not None:
+            return load_run(committed, device, metrics_dir=runs_root(root) / "committed" / config.run_name(),
+                            verify=False)
     run_dir = runs_root(root) / config.run_name()
     state_path = run_dir / "state.json"
     if state_path.exists() and json.loads(state_path.read_text()).get("finished"):
@@ -132,20 +286,161 @@ def get_or_train(config: Config, data: Data | None = None, data_dir=None, root=N
     return load_run(run_dir, device)
 
 
-def load_run(run_dir: str | Path, device=None) -> Run:
-    """Load a finished run from its directory: config.json, state.json and model.safetensors (never
-    pickle). Raises ``FileNotFoundError`` for a missing or unfinished run and ``CheckpointError`` for
-    weights that do not fit the configured architecture."""
+def load_run(run_dir: str | Path, device=None, metrics_dir: str | Path | None = None, verify: bool = True) -> Run:
+    """Load a finished run from its directory: config.json, state.json and the weights
+    (``model.safetensors`` or its split files; half precision is cast to the network's float32;
+    never pickle). A committed run (one with ``manifest.json``) is checked against its sha256 first
+    (``verify_committed``, skipped with ``verify=False`` when just done) and its new metrics go to
+    ``metrics_dir`` (default ``<runs root>/committed/<run name>``). Raises ``FileNotFoundError`` for a
+    missing or unfinished run and ``CheckpointError`` for corrupted files or weights that do not fit
+    the configured architecture."""
     run_dir = Path(run_dir)
-    for name in ("config.json", "state.json", "model.safetensors"):
+    committed = (run_dir / MANIFEST).is_file()
+    if committed and verify:
+        verify_committed(run_dir)
+    for name in ("config.json", "state.json"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir} is not a finished run: {name} is missing")
+    weight_files(run_dir)  # a clear FileNotFoundError when there are none
     config = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     state = json.loads((run_dir / "state.json").read_text())
     device = torch.device(device) if device is not None else default_device()
     net = make_net(config, state["num_classes"], state["in_channels"])
-    load_model_state(net, load_tensors(run_dir / "model.safetensors"), f"{run_dir / 'model.safetensors'}")
-    return Run(run_dir, config, state, net.to(device).eval())
+    load_model_state(net, load_weights(run_dir), f"the weights in {run_dir}")
+    if committed and metrics_dir is None:
+        metrics_dir = runs_root() / "committed" / (state.get("run") or run_dir.name)
+    return Run(run_dir, config, state, net.to(device).eval(), Path(metrics_dir) if metrics_dir else None, committed)
 
 
-__all__ = ["Run", "Data", "get_or_train", "load_run", "resolve_data", "runs_root", "CheckpointError"]
+# ------------------------------------------------------------------------------------ export --
+
+def train_command(config: Config) -> str:
+    """The ``cdn train`` command that trains ``config``: its profile, model and dataset, and a
+    ``--set`` for every field that differs from the profile's (written into RUN.md)."""
+    base = get_config(config.profile, config.model, config.dataset)
+    diff = {k: v for k, v in config.to_dict().items() if getattr(base, k) != v}
+    seed = diff.pop("seed", None)
+    cmd = f"cdn train --profile {config.profile} --model {config.model} --dataset {config.dataset}"
+    if seed is not None:
+        cmd += f" --seed {seed}"
+    if diff:
+        cmd += " --set " + " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(diff.items()))
+    return cmd
+
+
+def export_run(run_dir: str | Path, dest: str | Path | None = None, data_dir=None, command: str | None = None,
+               max_file_mib: float | None = None, overwrite: bool = False, device=None, run_md: bool = True) -> Path:
+    """Write the finished run in ``run_dir`` as a committed run into ``dest`` (default
+    ``committed_dir(config)``, i.e. ``results/<profile>-<dataset>/<model>/``) and return ``dest``:
+    the weights in float16 (split into files of at most ``max_file_mib`` MiB when given), config,
+    state and metrics without any path of this machine (the data named by file and sha256,
+    ``cdn.architecture.data_record``), the log, ``manifest.json`` with every file's sha256, and the
+    profile folder's ``RUN.md`` brought up to date (``write_run_md``; not with ``run_md=False``, as
+    ``cdn.sprint``, which writes its own into ``dest``). ``dest`` may exist when empty; otherwise only
+    with ``overwrite``. Metrics are computed on the
+    configuration's test set when the run has none. ``command`` is the command that trained it
+    (default ``train_command``). Used by ``cdn export``; the result is what ``get_or_train`` reuses.
+    Nothing is half-written: the folder is assembled beside ``dest`` and renamed into place."""
+    from .architecture import data_record  # lazily: cdn.architecture imports cdn.report, which imports this module
+
+    run_dir = Path(run_dir)
+    state_path = run_dir / "state.json"
+    if not state_path.is_file() or not json.loads(state_path.read_text()).get("finished"):
+        raise FileNotFoundError(f"{run_dir} is not a finished run (no state.json with finished: true); train it first")
+    run = load_run(run_dir, device or "cpu")
+    config = run.config
+    dest = Path(dest) if dest is not None else committed_dir(config)
+    if dest.exists() and not overwrite and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"{dest} exists already; pass overwrite=True (cdn export --force) to replace it")
+    if max_file_mib is not None and max_file_mib <= 0:
+        raise ValueError(f"max_file_mib must be > 0, got {max_file_mib}")
+    metrics_path = next((p for p in (run_dir / "metrics.json", (run.metrics_dir or run_dir) / "metrics.json")
+                         if p.is_file()), None)
+    metrics = json.loads(metrics_path.read_text()) if metrics_path else \
+        run.metrics(resolve_data(config, data_dir).test)
+    tmp = dest.with_name(f".{dest.name}.export-tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        state = dict(run.state, data=portable_source(run.state.get("data")),
+                     data_record=data_record(config.dataset, data_dir))
+        metrics = dict(metrics, train_data=portable_source(metrics.get("train_data")),
+                       key=dict(metrics.get("key", {}), test=portable_source(metrics.get("key", {}).get("test"))))
+        atomic_write_text(tmp / "config.json", json.dumps(config.to_dict(), indent=1))
+        atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1))
+        atomic_write_text(tmp / "log.jsonl", "".join(json.dumps(r) + "\n" for r in run.log()))
+        weights = save_weights(run.net.state_dict(), tmp, torch.float16,
+                               None if max_file_mib is None else int(max_file_mib * 2**20))
+        files = [*COMMITTED_FILES, *weights]
+        manifest = {"format": MANIFEST_FORMAT, "run": run.name, "weights": weights, "dtype": "float16",
+                    "files": {f: sha256_file(tmp / f) for f in files},
+                    "provenance": {"command": command or train_command(config), "commit": state.get("commit"),
+                                   "machine": state.get("machine") or state.get("device"),
+                                   "torch": state.get("torch"), "wall_time_s": state.get("elapsed_s"),
+                                   "steps": state.get("step"), "epochs": state.get("epochs")}}
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+        check_portable(tmp, [run_dir, runs_root(), data_mod.REPO_ROOT, Path.home(),
+                             *data_mod.candidate_dirs(data_dir)])
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    if run_md:
+        write_run_md(dest.parent)
+    return dest
+
+
+def check_portable(folder: str | Path, paths) -> None:
+    """Raise ``ValueError`` when a text file of ``folder`` (JSON, JSON lines, Markdown) contains one of
+    the absolute ``paths`` (of this machine): committed files name data by file name and sha256 only."""
+    needles = sorted({str(Path(p).expanduser().resolve()) for p in paths} | {str(Path(p)) for p in paths}, key=len,
+                     reverse=True)
+    needles = [n for n in needles if len(n) > 1]
+    for f in sorted(Path(folder).iterdir()):
+        if f.suffix in (".json", ".jsonl", ".md"):
+            text = f.read_text()
+            hit = next((n for n in needles if n in text), None)
+            if hit is not None:
+                raise ValueError(f"{f.name} would commit the absolute path {hit!r} of this machine")
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def write_run_md(profile_dir: str | Path) -> Path:
+    """(Re)write ``RUN.md`` of a profile folder of committed runs (``results/<profile>-<dataset>/``) from
+    the manifests of its model folders: per model, the command, commit, machine, wall time, steps,
+    epochs and clean accuracy."""
+    profile_dir = Path(profile_dir)
+    rows = []
+    for manifest_path in sorted(profile_dir.glob(f"*/{MANIFEST}")):
+        m = json.loads(manifest_path.read_text())
+        p = m.get("provenance", {})
+        metrics_path = manifest_path.parent / "metrics.json"
+        acc = json.loads(metrics_path.read_text()).get("clean_accuracy") if metrics_path.is_file() else None
+        wall = p.get("wall_time_s")
+        rows.append(f"| {manifest_path.parent.name} | `{m.get('run')}` | `{p.get('command')}` | {p.get('commit')} | "
+                    f"{p.get('machine')} | {_duration(wall)} | {p.get('steps')} | "
+                    f"{p.get('epochs')} | {'' if acc is None else f'{100 * acc:.2f}%'} |")
+    text = (f"# Committed runs: {profile_dir.name}\n\n"
+            "Finished runs that `cdn.runs.get_or_train` reuses when the configuration hash matches (the run "
+            "name). Every file is checked against the sha256 in its folder's `manifest.json` before use; "
+            "`cdn train --retrain` or `cdn book --retrain` train anyway. Written by `cdn export` "
+            "(`cdn.runs.export_run`); weights in float16.\n\n"
+            "| model | run | command | commit | machine | wall time | steps | epochs | clean accuracy |\n"
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    atomic_write_text(profile_dir / "RUN.md", text)
+    return profile_dir / "RUN.md"
+
+
+__all__ = ["Run", "Data", "get_or_train", "load_run", "resolve_data", "runs_root", "results_root", "committed_dir",
+           "find_committed", "verify_committed", "export_run", "write_run_md", "train_command", "portable_source",
+           "check_portable", "retrain_requested", "CheckpointError"]

@@ -453,6 +453,10 @@ THEORY_SETTINGS = {
                   timing_repeats=3),
 }
 THEORY_SETTINGS["paper"] = dict(THEORY_SETTINGS["quick"], ablation_overrides={})
+# the cpu profile: quick's sizes, and its ablation as quick's (width 16, 100 steps, no time budget, no EMA, no
+# flips): five models of the profile's own recipe would take its whole 3-hour budget again
+THEORY_SETTINGS["cpu"] = dict(THEORY_SETTINGS["quick"], ablation_overrides=dict(
+    THEORY_SETTINGS["quick"]["ablation_overrides"], width=16, time_budget_s=None, ema_decay=None, tta_flip=False))
 
 
 def theory_settings(profile: str) -> dict:

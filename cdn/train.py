@@ -1,6 +1,8 @@
 """One training loop for the joint model and every baseline (chapter "Training the joint model").
 
-AdamW (fused on GPU), linear warm-up then cosine decay, gradient clipping, bf16 autocast and
+AdamW (fused on GPU), linear warm-up then cosine decay over the steps or, with
+``config.time_budget_s``, over the training seconds (the run ends when they are spent), an optional
+exponential moving average of the weights (``config.ema_decay``), gradient clipping, bf16 autocast and
 channels_last on GPU, a tqdm bar, a JSON-lines log, atomic checkpoints every
 ``checkpoint_every`` steps, and exact resume: the model, optimiser, generator state and the
 data order (a function of seed and epoch) are restored, so N steps in one go equal N/2 steps, a
@@ -19,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .checkpoint import (atomic_save_tensors, atomic_write_text, latest_training_checkpoint,
+from .checkpoint import (CheckpointError, atomic_save_tensors, atomic_write_text, latest_training_checkpoint,
                          load_training_checkpoint, remove_stale_tmp, restore_training_checkpoint,
                          save_training_checkpoint)
 from .data import ImageDataset, epoch_permutation, fast_batch
@@ -59,12 +61,38 @@ def make_loss(config: Config):
     return DenoisingMSELoss(sampler, config.weighting)
 
 
-def lr_at(step: int, config: Config) -> float:
-    """Learning rate: linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 0."""
+def lr_at(step: int, config: Config, elapsed_s: float | None = None) -> float:
+    """Learning rate of ``step``: linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 0
+    at ``config.steps``. With ``config.time_budget_s``, the cosine is a function of the fraction of the
+    budget spent, ``elapsed_s / time_budget_s`` (``elapsed_s`` required: the training seconds before
+    this step), times the warm-up ramp, so it reaches 0 when the budget is spent."""
+    if config.time_budget_s is not None:
+        if elapsed_s is None:
+            raise ValueError("elapsed_s is required when config.time_budget_s is set")
+        ramp = min(1.0, (step + 1) / config.warmup_steps)
+        return config.lr * ramp * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed_s / config.time_budget_s)))
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def ema_decay_at(step: int, config: Config) -> float:
+    """The decay of the weights' moving average after optimiser step ``step`` (0-based):
+    ``min(ema_decay, (1 + step) / (10 + step))``, a ramp-up (as EDM's) so that the random
+    initialisation is forgotten early in short runs."""
+    return min(config.ema_decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * weights`` for every floating tensor of ``net.state_dict()``
+    (parameters and float buffers); integer buffers are copied."""
+    for k, v in net.state_dict().items():
+        if v.is_floating_point():
+            ema[k].lerp_(v, 1.0 - decay)
+        else:
+            ema[k].copy_(v)
 
 
 def autocast_bf16(config: Config, device: torch.device) -> bool:
@@ -98,14 +126,19 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     """Train ``config`` on ``train_set`` in ``run_dir``, resuming from its newest good checkpoint.
 
     Writes ``config.json``, ``log.jsonl``, ``ckpt/step-*.safetensors`` and, when all ``config.steps``
-    are done, ``model.safetensors`` and ``state.json`` (``finished: true``). ``stop_after`` ends the
+    are done (or, with ``config.time_budget_s``, when the training seconds are spent; ``steps`` is then
+    an upper bound), ``model.safetensors`` and ``state.json`` (``finished: true``). With
+    ``config.ema_decay`` the moving average of the weights is kept in every checkpoint and is what
+    ``model.safetensors`` holds (the weights every chapter evaluates). ``stop_after`` ends the
     call after that many total steps with a checkpoint (an interruption, for tests and long runs).
     Returns the final state dict. Raises ``FloatingPointError`` on a non-finite loss, keeping the last
     good checkpoint.
 
     Faults: a SIGTERM (a scheduler's preemption) ends the call after the current step with a
     checkpoint and ``state["preempted"] = True``; a SIGKILL at any moment loses at most the steps
-    since the last checkpoint, and the resumed run reaches the same weights bit for bit (CPU).
+    since the last checkpoint, and the resumed run reaches the same weights bit for bit (CPU; a
+    time-budget run resumes its schedule from the seconds its checkpoint recorded, but its learning
+    rates follow the clock, so it is not bit-exact).
 
     When a ``torch.distributed`` process group is initialised (``cdn.distributed.init``, torchrun),
     this runs data-parallel: each rank its shard of every global batch, gradients averaged by
@@ -121,7 +154,12 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of processes "
                          f"{info.world_size} (the global batch is split evenly across ranks)")
     main = info.is_main
+    commit = machine = None
     if main:
+        # imported here: cdn.report imports cdn.runs, which imports this module
+        from .report import device_description, git_commit
+
+        commit, machine = git_commit(), device_description(device)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))
         remove_stale_tmp(run_dir / "ckpt")
@@ -132,6 +170,8 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     loss_fn = make_loss(config)
     optimizer = make_optimizer(net, config, device)
     generator = torch.Generator(device=device).manual_seed(D.rank_seed(config.seed, info.rank))
+    # the moving average starts from the initial weights (as EDM's)
+    ema = None if config.ema_decay is None else {k: v.detach().clone() for k, v in net.state_dict().items()}
     start, elapsed = 0, 0.0
     found = None
     if main:
@@ -143,6 +183,12 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
         tensors, meta = found
         start = restore_training_checkpoint(tensors, meta, net, optimizer, generator, info.rank)
         elapsed = float(meta.get("elapsed_s", 0.0))
+        if ema is not None:
+            saved = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")}
+            if saved.keys() != ema.keys():
+                raise CheckpointError(f"the checkpoint of step {start} in {run_dir / 'ckpt'} has no complete moving "
+                                      "average of the weights (ema/*), which config.ema_decay needs")
+            ema = {k: v.to(device) for k, v in saved.items()}
         if int(meta.get("world_size", 1)) != info.world_size:
             # another world size: the data order and weights are exact, the noise streams are new
             generator.manual_seed(D.rank_seed(config.seed + 7919 * start, info.rank))
@@ -172,16 +218,29 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
     per_epoch = n // bs
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     progress = _want_progress(progress) and main
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=config.run_name(), leave=False)
+    timed = config.time_budget_s is not None
+    bar = tqdm(total=None if timed else config.steps, initial=start, disable=not progress, desc=config.run_name(),
+               leave=False)
     net.train()
     use_amp = autocast_bf16(config, device)
     acc_terms: dict[str, torch.Tensor] = {}
     t_last, n_last, perm_epoch, perm = time.perf_counter(), 0, -1, None
+    # training seconds: those the checkpoint recorded plus this call's; under torch.distributed rank
+    # 0's clock decides (the learning rate and the end of a time-budget run must agree on every rank)
+    t_call, elapsed_call = t_last, elapsed
+
+    def clock() -> float:
+        now = elapsed_call + time.perf_counter() - t_call
+        return D.broadcast_int(round(now * 1e6), info, device) / 1e6 if timed else now
+
     last_good = start
     step = start
     preempted = False
     with _sigterm_flag() as sigterm:
         for step in range(start, end):
+            if timed and elapsed >= config.time_budget_s:  # a resumed run whose budget was already spent
+                end = step
+                break
             epoch, i = divmod(step, per_epoch)
             if epoch != perm_epoch:
                 perm, perm_epoch = epoch_permutation(n, epoch, config.seed).to(device), epoch
@@ -189,8 +248,9 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
             x, c = fast_batch(images, labels, idx, generator, config.augment)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
+            lr = lr_at(step, config, elapsed) if timed else lr_at(step, config)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
+                group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, terms = loss_fn(model.net if config.objective == "mse" else model, x, c, generator)
             bad, stop = D.any_flag([not bool(torch.isfinite(loss)), sigterm.is_set()], info, device)
@@ -204,16 +264,19 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema_update(ema, net, ema_decay_at(step, config))
             terms["loss"] = loss.detach()
             for k, v in terms.items():
                 acc_terms[k] = acc_terms.get(k, 0) + v.float()
             n_last += 1
-            last = step + 1 == end or stop
+            elapsed = clock()
+            spent = timed and elapsed >= config.time_budget_s
+            last = step + 1 == end or stop or spent
             if (step + 1) % config.log_every == 0 or last:
                 now = time.perf_counter()
-                elapsed += now - t_last
                 means = D.mean_across(acc_terms, info)
-                row = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "lr": lr_at(step, config),
+                row = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "lr": lr,
                        **{k: float(v) / n_last for k, v in means.items()},
                        "images_per_s": n_last * bs / max(now - t_last, 1e-9), "elapsed_s": round(elapsed, 3)}
                 if main:
@@ -225,10 +288,15 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
             if (step + 1) % config.checkpoint_every == 0 or last:
                 states = D.gather_generator_states(generator, info, device)
                 if main:
+                    ema_tensors = None if ema is None else {f"ema/{k}": v for k, v in ema.items()}
                     save_training_checkpoint(run_dir / "ckpt", step + 1, net, optimizer, states,
-                                             {"elapsed_s": elapsed, "run": config.run_name()})
+                                             {"elapsed_s": elapsed, "run": config.run_name()},
+                                             extra_tensors=ema_tensors)
                 D.barrier(info)
                 last_good = step + 1
+            if spent:
+                end = step + 1
+                break
             if stop:
                 preempted = True
                 end = step + 1
@@ -237,18 +305,21 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
                           "run the same command again to resume")
                 break
     bar.close()
-    finished = end == config.steps
+    finished = end == config.steps or (timed and elapsed >= config.time_budget_s)
     state = {"finished": finished, "step": end, "elapsed_s": round(elapsed, 3), "run": config.run_name(),
              "device": str(device), "torch": torch.__version__, "data": train_set.source,
              "train_images": len(train_set), "epochs": round(end / per_epoch, 3),
              "num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
              "image_size": train_set.image_size, "classes": train_set.classes,
-             "world_size": info.world_size}
+             "world_size": info.world_size, "commit": commit, "machine": machine}
+    if timed:
+        state["time_budget_s"] = config.time_budget_s
     if preempted:
         state["preempted"] = True
     if main:
         if finished:
-            atomic_save_tensors(net.state_dict(), run_dir / "model.safetensors", {"format": "cdn-model-1"})
+            weights = net.state_dict() if ema is None else ema  # with EMA: the averaged weights are the model
+            atomic_save_tensors(weights, run_dir / "model.safetensors", {"format": "cdn-model-1"})
         atomic_write_text(run_dir / "state.json", json.dumps(state, indent=1))
     D.barrier(info)
     return state

@@ -51,5 +51,30 @@ def test_chapter_summaries_round_trip(tmp_path, monkeypatch):
     assert [r["name"] for r in got] == ["efficiency", "robustness"] and load_summaries("smoke") == []
     pd.testing.assert_frame_equal(got[1]["frame"], table)
     assert got[1]["caption"] == "Robust accuracy" and got[1]["data"] == "CIFAR-10"
-    with pytest.raises(ValueError, match="profile must be one of smoke, quick, paper"):
+    with pytest.raises(ValueError, match="profile must be one of smoke, quick, cpu, paper"):
         save_summary("x", "fast", table, "")
+
+
+def test_bm3d_reference_denoises_and_sees_the_same_images_as_the_networks():
+    """BM3D told the true sigma beats the noisy input on smooth images (colour and grey), returns the
+    input at sigma = 0, and ``random_images`` is the same seeded sample each time."""
+    import pytest
+    import torch
+
+    from cdn.data import make_synthetic
+    from cdn.evaluate import psnr
+
+    pytest.importorskip("bm3d")
+    ds = make_synthetic("test", size=16, n=8)
+    sample = report.random_images(ds, 2, seed=3)
+    again = report.random_images(ds, 2, seed=3)
+    assert torch.equal(sample.images, again.images) and len(sample) == 2 and "2 random images" in sample.source
+    x = sample.to_float()
+    y = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    denoise = report.bm3d_denoiser()
+    d = denoise(y, 0.1)
+    assert d.shape == y.shape and d.dtype == y.dtype
+    assert (psnr(d, x) > psnr(y, x) + 3).all()  # several dB better than the noisy input
+    grey = denoise(y[:, :1], 0.1)
+    assert grey.shape == (2, 1, 16, 16) and (psnr(grey, x[:, :1]) > psnr(y[:, :1], x[:, :1])).all()
+    assert denoise(y, 0.0) is y

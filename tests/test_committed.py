@@ -1,0 +1,204 @@
+"""Committed runs (results/<profile>-<dataset>/<model>/): exported in float16 with a sha256 manifest and
+no path of this machine, reused by get_or_train without training, refused when a byte changed, ignored
+with --retrain."""
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cdn.runs as runs_mod
+from cdn.checkpoint import CheckpointError
+from cdn.cli import main
+from cdn.data import REPO_ROOT
+from cdn.profiles import get_config
+from cdn.runs import (export_run, find_committed, get_or_train, load_run, resolve_data, runs_root,
+                      verify_committed)
+
+
+def _config(**kw):
+    base = dict(width=4, steps=4, batch_size=8, train_size=64, test_size=32, checkpoint_every=2, log_every=2)
+    base.update(kw)
+    return get_config("smoke", "gradresnet", "synthetic", **base)
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """A finished tiny run under tmp/runs and its export under tmp/results/smoke-synthetic/gradresnet."""
+    config = _config()
+    data = resolve_data(config)
+    run = get_or_train(config, data=data, device="cpu", progress=False)
+    run.metrics(data.test)
+    dest = export_run(run.dir, tmp_path / "results" / "smoke-synthetic" / "gradresnet")
+    return config, data, run, dest
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("train() was called although a committed run matches")
+
+
+def test_export_writes_the_committed_format(exported):
+    config, data, run, dest = exported
+    assert dest == runs_mod.committed_dir(config, dest.parent.parent)
+    names = {p.name for p in dest.iterdir()}
+    assert names == {"config.json", "state.json", "log.jsonl", "metrics.json", "model.safetensors", "manifest.json"}
+    manifest = verify_committed(dest)
+    assert manifest["run"] == config.run_name() and set(manifest["files"]) == names - {"manifest.json"}
+    weights = load_file(str(dest / "model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
+    state = json.loads((dest / "state.json").read_text())
+    assert state["data_record"]["dataset"] == "synthetic" and state["finished"]
+    run_md = (dest.parent / "RUN.md").read_text()
+    assert "| gradresnet |" in run_md and "cdn train --profile smoke --model gradresnet --dataset synthetic" in run_md
+
+
+def test_exported_files_hold_no_absolute_path(exported, tmp_path):
+    config, data, run, dest = exported
+    forbidden = [str(tmp_path), str(REPO_ROOT), str(runs_root()), str(run.dir)]
+    path_like = re.compile(r"(?<![\w.])/(?:home|root|work|tmp|Users|var|mnt|data)/")
+    for f in dest.parent.rglob("*"):
+        if f.suffix in (".json", ".jsonl", ".md"):
+            text = f.read_text()
+            assert not any(p in text for p in forbidden), f
+            assert not path_like.search(text), (f, path_like.search(text))
+    # the guard itself: a path of this machine in a file is refused
+    (tmp_path / "leak").mkdir()
+    (tmp_path / "leak" / "state.json").write_text(json.dumps({"data": str(run.dir)}))
+    with pytest.raises(ValueError, match="absolute path"):
+        runs_mod.check_portable(tmp_path / "leak", [run.dir])
+
+
+def test_committed_run_is_used_without_training(exported, tmp_path, monkeypatch):
+    config, data, run, dest = exported
+    results = dest.parent.parent
+    fresh_root = tmp_path / "elsewhere"
+    monkeypatch.setattr(runs_mod, "train", _no_training)
+    used = get_or_train(config, data=data, root=fresh_root, device="cpu", results=results)
+    assert used.committed and used.dir == dest and used.name == config.run_name()
+    assert not (fresh_root / config.run_name()).exists()
+    # its cached metrics are reused as they are (same key) and nothing is written anywhere
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    assert used.metrics(data.test) == json.loads((dest / "metrics.json").read_text())
+    assert not fresh_root.exists()
+    # other metrics are computed and written under the runs root, never into results/
+    other = used.metrics(data.test, sigmas=(0.0, 0.3))
+    assert other["key"]["sigmas"] == [0.0, 0.3]
+    assert (fresh_root / "committed" / config.run_name() / "metrics.json").is_file()
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    verify_committed(dest)
+    # and read back from there
+    assert used.metrics(data.test, sigmas=(0.0, 0.3)) == other
+
+
+def test_cli_train_uses_the_committed_run(exported, tmp_path, monkeypatch, capsys):
+    config, data, run, dest = exported
+    monkeypatch.setenv("CDN_RESULTS", str(dest.parent.parent))
+    monkeypatch.setattr("cdn.train.train", _no_training)
+    args = ["train", "--profile", "smoke", "--dataset", "synthetic", "--device", "cpu", "--no-progress",
+            "--runs", str(tmp_path / "cli-runs"), "--set", "width=4", "steps=4", "batch_size=8", "train_size=64",
+            "test_size=32", "checkpoint_every=2", "log_every=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"using the committed run {dest}" in out and "sigma=0" in out
+    assert not (tmp_path / "cli-runs" / config.run_name()).exists()
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "metrics.json", "config.json"])
+def test_a_changed_byte_is_a_clear_error_never_a_retrain(exported, tmp_path, monkeypatch, name):
+    config, data, run, dest = exported
+    raw = bytearray((dest / name).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (dest / name).write_bytes(bytes(raw))
+    monkeypatch.setattr(runs_mod, "train", _no_training)
+    with pytest.raises(CheckpointError, match=f"{name} is corrupted"):
+        get_or_train(config, data=data, root=tmp_path / "elsewhere", device="cpu", results=dest.parent.parent)
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_run(dest, "cpu")
+    (dest / name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{name} is missing"):
+        find_committed(config, dest.parent.parent)
+
+
+def test_retrain_ignores_the_committed_run(exported, tmp_path, monkeypatch):
+    config, data, run, dest = exported
+    calls = []
+    real_train = runs_mod.train
+
+    def counting_train(*args, **kwargs):
+        calls.append(args[1])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(runs_mod, "train", counting_train)
+    root = tmp_path / "retrain-runs"
+    again = get_or_train(config, data=data, root=root, device="cpu", progress=False, results=dest.parent.parent,
+                         retrain=True)
+    assert calls == [root / config.run_name()] and not again.committed and again.dir == root / config.run_name()
+    # $CDN_RETRAIN (set by `cdn book --retrain` for the chapters) does the same
+    monkeypatch.setenv("CDN_RETRAIN", "1")
+    root2 = tmp_path / "retrain-env"
+    assert not get_or_train(config, data=data, root=root2, device="cpu", progress=False,
+                            results=dest.parent.parent).committed
+    assert calls[-1] == root2 / config.run_name()
+
+
+def test_a_committed_run_of_another_configuration_is_not_used(exported, tmp_path, monkeypatch):
+    config, data, run, dest = exported
+    other = _config(lam=0.5)  # same profile, dataset and model folder, another hash
+    assert find_committed(other, dest.parent.parent) is None
+    trained = get_or_train(other, data=data, root=tmp_path / "r", device="cpu", progress=False,
+                           results=dest.parent.parent)
+    assert not trained.committed
+
+
+def test_half_precision_round_trip_keeps_the_logits(exported):
+    config, data, run, dest = exported
+    committed = load_run(dest, "cpu")
+    assert all(p.dtype == torch.float32 for p in committed.net.parameters())
+    x = data.test.to_float(slice(0, 16))
+    with torch.no_grad():
+        a, b = run.net(x), committed.net(x)
+    assert not torch.equal(a, b)  # the weights were rounded ...
+    scale = a.abs().max().item()
+    assert (a - b).abs().max().item() <= 5e-3 * max(scale, 1.0)  # ... to float16 precision only
+    ref = {k: v.half().float() for k, v in run.net.state_dict().items()}
+    for k, v in committed.net.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_split_weights_load_and_an_incomplete_set_is_refused(exported, tmp_path):
+    config, data, run, dest = exported
+    split = export_run(run.dir, tmp_path / "split" / "gradresnet", max_file_mib=0.05)
+    shards = sorted(p.name for p in split.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 2 and not (split / "model.safetensors").exists()
+    assert all((split / s).stat().st_size <= 0.05 * 2**20 for s in shards)
+    loaded = load_run(split, "cpu")
+    whole = load_run(dest, "cpu")
+    for k, v in whole.net.state_dict().items():
+        assert torch.equal(v, loaded.net.state_dict()[k]), k
+    (split / shards[-1]).unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_run(split, "cpu")
+
+
+def test_export_refuses_unfinished_runs_and_existing_destinations(exported, tmp_path):
+    config, data, run, dest = exported
+    with pytest.raises(ValueError, match="exists already"):
+        export_run(run.dir, dest)
+    with pytest.raises(FileNotFoundError, match="not a finished run"):
+        export_run(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_cdn_book_retrain_reaches_the_chapters(monkeypatch):
+    """``cdn book --retrain`` sets $CDN_RETRAIN for the chapters' kernels (which inherit the environment)
+    during the build only."""
+    import os
+
+    import cdn.book
+
+    seen = []
+    monkeypatch.delenv("CDN_RETRAIN", raising=False)
+    monkeypatch.setattr(cdn.book, "build_book", lambda *a, **k: seen.append(os.environ.get("CDN_RETRAIN")) or "html")
+    assert main(["book", "--profile", "cpu", "--retrain"]) == 0
+    assert main(["book", "--profile", "cpu"]) == 0
+    assert seen == ["1", None] and "CDN_RETRAIN" not in os.environ
