@@ -162,7 +162,7 @@ def test_teachers_page_assigns_every_exercise_and_links_existing_chapters():
     page = (book.BOOK_DIR / "teaching.md").read_text()
     assert "teaching" in (book.BOOK_DIR / "_toc.yml").read_text() and "teaching.md" in book.BOOK_FILES
     labels = {e["label"] for c in book.chapter_list() for e in book.exercise_counts(c)["exercises"]}
-    referenced = set(re.findall(r"\{ref\}`(ex-[a-z0-9-]+)`", page))
+    referenced = set(re.findall(r"\{ref\}`(?:[^`<]*<)?(ex-[a-z0-9-]+)>?`", page))
     assert referenced == labels, (f"exercises missing from the course plan: {sorted(labels - referenced)}; "
                                   f"unknown labels on the page: {sorted(referenced - labels)}")
     docs = set(re.findall(r"\{doc\}`chapters/([0-9a-z_]+)`", page))
