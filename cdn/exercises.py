@@ -11,6 +11,9 @@ own changes (``lam=0.1``, ``sigma_distribution="uniform"`` ...), loaded or train
   ``results/bench-sweep-cpu-2core.json``), so that an exercise runs on a laptop in a few minutes;
 * ``paper``: width 32, 2 000 steps of batch 128 on the whole training set (minutes on one GPU).
 
+A profile without sizes of its own here (such as a ``cpu`` profile, whose models train for half an
+hour each) runs the exercises as ``quick`` does, so that they stay laptop-sized.
+
 Runs are keyed by their configuration as everywhere in the book (``cdn.runs``), so two exercises that
 ask for the same configuration share one run, and a rebuild trains nothing.
 """
@@ -28,21 +31,31 @@ SIZES: dict[str, dict] = {
 }
 
 
-def config(profile: str, model: str = "gradresnet", dataset: str = "cifar10", **changes) -> Config:
-    """The configuration of an exercise: ``get_config(profile, model, dataset)`` with the exercise sizes
-    of ``profile`` (``SIZES``) and then ``changes`` applied (any field of ``cdn.profiles.Config``)."""
+def exercise_profile(profile: str) -> str:
+    """The profile the exercises of a book built in ``profile`` train in: ``profile`` itself when
+    ``SIZES`` has sizes for it, else ``quick``. Raises ``ValueError`` for an unknown profile."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
-    return get_config(profile, model, dataset, **{**SIZES[profile], **changes})
+    return profile if profile in SIZES else "quick"
+
+
+def config(profile: str, model: str = "gradresnet", dataset: str = "cifar10", **changes) -> Config:
+    """The configuration of an exercise: ``get_config(p, model, dataset)`` for ``p =
+    exercise_profile(profile)``, with the exercise sizes of ``p`` (``SIZES``) and then ``changes``
+    applied (any field of ``cdn.profiles.Config``)."""
+    p = exercise_profile(profile)
+    return get_config(p, model, dataset, **{**SIZES[p], **changes})
 
 
 def run(profile: str, model: str = "gradresnet", dataset: str = "cifar10", data_dir=None, seed: int = 0, **changes):
     """The ``cdn.report.ModelRun`` (run, data, label, metrics) of ``config(profile, model, dataset,
-    seed=seed, **changes)``: loaded when it was trained before, trained now otherwise."""
+    seed=seed, **changes)``: loaded when it was trained before, trained now otherwise (in
+    ``exercise_profile(profile)``)."""
     from .report import chapter_runs
 
     config(profile, model, dataset, **changes)  # a bad profile, model or field fails here, before any data is read
-    return chapter_runs(profile, [model], dataset, data_dir, seed, **{**SIZES[profile], **changes})[model]
+    p = exercise_profile(profile)
+    return chapter_runs(p, [model], dataset, data_dir, seed, **{**SIZES[p], **changes})[model]
 
 
-__all__ = ["SIZES", "config", "run"]
+__all__ = ["SIZES", "config", "exercise_profile", "run"]

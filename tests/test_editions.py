@@ -179,5 +179,10 @@ def test_exercise_configs_apply_the_sizes_then_the_changes():
     assert exercises.config("quick", steps=50).steps == 50
     with pytest.raises(ValueError, match="unknown profile"):
         exercises.config("laptop")
+    # every profile trains its exercises at sizes of the table (a profile without its own: quick's)
+    for profile in exercises.PROFILES:
+        p = exercises.exercise_profile(profile)
+        assert p == profile if profile in exercises.SIZES else p == "quick"
+        assert exercises.config(profile).profile == p
     with pytest.raises(ValueError, match="unknown configuration keys"):
         exercises.run("smoke", lamb=0.1)
