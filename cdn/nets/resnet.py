@@ -301,12 +301,10 @@ class ResNet(nn.Module):
 
     def forward(self, y: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         phi = self.features(y, sigma)
-        if self.head in ("linear", "logenergy") and not self.score_in_float32:
-            logits = self.fc(phi)
-        else:
-            with self._fp32(phi):
+        with self._fp32(phi):
+            if self.score_in_float32:
                 phi = upcast(phi)
-                logits = self.fc(phi)
+            logits = self.fc(phi)
         if self.head == "logenergy":  # the same for every class: p(c | y) is unchanged
             logits = logits + self.log_energy(y)[:, None].to(logits.dtype)
         elif self.head == "quadratic":
