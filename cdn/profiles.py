@@ -140,14 +140,13 @@ class Config:
 HASHED_WHEN_SET = ("time_budget_s", "ema_decay", "tta_flip")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
-#: the ``cpu`` profile's training seconds per model: five CIFAR-10 models in at most 3 hours on the
-#: project's 2-core machine (README). Sized from results/bench-sweep-cpu-2core.json (float32, width 32,
-#: batch 128): the joint GradResNet runs at about 70 images/s, so 2,040 s is about 140k images (3
-#: epochs) for it, and 3-4 times that for the cross-entropy models; 5 x 2,040 s = 2 h 50 min of
-#: training, the rest of the 3 hours for start-up and the full test-set evaluation. The weights' average
-#: (ema_decay 0.999 with the ramp-up of cdn.train.ema_decay_at, (1 + t) / (10 + t)) spans about the last
-#: tenth of the steps in runs shorter than about 9,000 steps, as all of these are.
-CPU_BUDGET_S = 2040.0
+#: the ``cpu`` profile's training seconds per model. Trained as two queues pinned to the two cores, one
+#: thread per model (OMP_NUM_THREADS=1, taskset): joint and cross-entropy GradResNet side by side, then
+#: the two ResNet-18s, then the UNet, so the profile trains in 3 x 30 min = 90 min of wall time (5 x 30
+#: core-minutes) on the project's 2-core machine, and every model gets the same 1,800 seconds of one core.
+#: The weights' average (ema_decay 0.999 with the ramp-up of cdn.train.ema_decay_at, (1 + t) / (10 + t))
+#: spans about the last tenth of the steps in runs shorter than about 9,000 steps, as all of these are.
+CPU_BUDGET_S = 1800.0
 
 #: per-profile settings, per dataset; the budget of each is in DESIGN.md and the README
 PROFILE_SETTINGS: dict[str, dict[str, dict]] = {
