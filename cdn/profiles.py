@@ -19,7 +19,8 @@ PROFILES = ("smoke", "quick", "cpu", "paper")
 #: part of every run's hash, so such a change never reuses a stale run
 CODE_VERSION = 3
 OBJECTIVES = ("joint", "ce", "ce_noise", "mse", "mollify")
-#: "auto": bf16 autocast on a GPU, float32 on the CPU; "bf16" forces autocast with the score path
+#: "auto": bf16 autocast on a GPU or on a CPU with a bf16 unit (AMX or AVX512-BF16 in /proc/cpuinfo,
+#: cdn.train.cpu_has_fast_bf16), float32 elsewhere (emulated bf16 is many times slower); "bf16" forces autocast with the score path
 #: (input layer, energy, head) in float32 (cdn.nets.resnet.full_precision); "bf16-all" autocasts the
 #: score path too (kept to show why it fails, chapter 10); "float32" forbids autocast
 PRECISIONS = ("auto", "float32", "bf16", "bf16-all")

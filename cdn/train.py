@@ -95,10 +95,35 @@ def ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float)
             ema[k].copy_(v)
 
 
+#: the /proc/cpuinfo flags of a CPU that computes bf16 in hardware (AMX tiles or AVX512-BF16); without
+#: them torch emulates bf16 and a joint step is many times slower than in float32 (README, "Design choices")
+FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has a bf16 unit: one of ``FAST_BF16_CPU_FLAGS`` among the ``flags`` of
+    ``/proc/cpuinfo`` (or of the ``cpuinfo`` text given). False where the file cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return any(flag in line.split(":", 1)[1].split() for flag in FAST_BF16_CPU_FLAGS)
+    return False
+
+
 def autocast_bf16(config: Config, device: torch.device) -> bool:
-    """Whether the training step runs under bf16 autocast: ``config.precision`` 'bf16', or 'auto'
-    on a GPU (chapter "GradResNet as a UNet" measures that bf16 keeps the score right)."""
-    return config.precision in ("bf16", "bf16-all") or (config.precision == "auto" and device.type == "cuda")
+    """Whether the training step runs under bf16 autocast: ``config.precision`` 'bf16' (or 'bf16-all'),
+    or 'auto' on a GPU or on a CPU with a bf16 unit (``cpu_has_fast_bf16``); float32 elsewhere. The
+    network's score path (input layer, energy, head) stays float32 under autocast (chapter 10 measures
+    that this keeps the score right); ``state.json`` records the precision a run trained in."""
+    if config.precision in ("bf16", "bf16-all"):
+        return True
+    if config.precision != "auto":
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
 
 
 def set_cpu_threads() -> None:
@@ -311,7 +336,8 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
              "train_images": len(train_set), "epochs": round(end / per_epoch, 3),
              "num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
              "image_size": train_set.image_size, "classes": train_set.classes,
-             "world_size": info.world_size, "commit": commit, "machine": machine}
+             "world_size": info.world_size, "commit": commit, "machine": machine,
+             "autocast": "bf16" if use_amp else "float32"}
     if timed:
         state["time_budget_s"] = config.time_budget_s
     if preempted:

@@ -10,6 +10,7 @@ from cdn.architecture import choose_default, homogeneity_degree
 from cdn.joint import JointModel
 from cdn.nets import ARCHITECTURES, VARIANTS, GradResNet, build_net
 from cdn.nets.resnet import ScaleGroupNorm
+from cdn.profiles import get_config
 
 CLASSIFIERS = [a for a in ARCHITECTURES if a != "unet"]
 
@@ -201,3 +202,22 @@ def test_bf16_keeps_small_noise_visible_to_a_high_pass_energy():
             errors[keep] = ((model.score(y, 1e-3) - s32).norm() / s32.norm()).item()
     assert errors[True] < 1e-3, errors                 # measured 2.3e-4
     assert errors[False] > 30 * errors[True], errors   # measured 6.4e-2: 280 times larger
+
+
+def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
+    """'auto' is bf16 on a GPU or a CPU whose flags name a bf16 unit, float32 on other CPUs; the
+    explicit precisions ignore the hardware."""
+    from cdn import train as T
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n"
+    avx = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+    plain = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert T.cpu_has_fast_bf16(amx) and T.cpu_has_fast_bf16(avx)
+    assert not T.cpu_has_fast_bf16(plain) and not T.cpu_has_fast_bf16("no flags line at all")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for has, expected in ((True, True), (False, False)):
+        monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda cpuinfo=None, has=has: has)
+        assert T.autocast_bf16(get_config("smoke", "gradresnet"), cpu) is expected
+        assert T.autocast_bf16(get_config("smoke", "gradresnet", precision="float32"), cpu) is False
+        assert T.autocast_bf16(get_config("smoke", "gradresnet", precision="bf16"), cpu) is True
+        assert T.autocast_bf16(get_config("smoke", "gradresnet"), cuda) is True
