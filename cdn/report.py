@@ -510,6 +510,47 @@ def load_result(path: str | Path):
     raise ValueError(f"{path}: expected a JSON list or object, got {type(data).__name__}")
 
 
+@dataclass(frozen=True)
+class RecordedData:
+    """The data a committed run names (``state.json``: file name and sha256, no path of this machine)."""
+
+    source: str
+
+
+@dataclass
+class CommittedModelRun(ModelRun):
+    """A model of a committed run (``results/<profile>-<dataset>/<model>/``) whose metrics are the
+    ones it was committed with: its ``metrics.json``, checked against the manifest's sha256, never
+    recomputed (so the Results chapter of any profile can show them without the data)."""
+
+    def metrics(self) -> dict:
+        return json.loads((self.run.dir / "metrics.json").read_text())
+
+
+def committed_runs(profile: str, dataset: str, models, results_dir: str | Path | None = None
+                   ) -> dict[str, CommittedModelRun]:
+    """The committed runs of ``models`` in ``results/<profile>-<dataset>/`` (``cdn.runs.export_run``),
+    each verified against its manifest (``cdn.runs.verify_committed``: a changed file is a
+    ``CheckpointError``) and loaded on the CPU, as ``{model: CommittedModelRun}`` in the order given;
+    models without a committed run are left out (an empty dict when none is committed). The tables of
+    this module take them like ``chapter_runs``'s (chapter "Results", the ``cpu`` column)."""
+    from .runs import load_run, portable_source, results_root
+
+    folder = results_root(results_dir) / f"{profile}-{dataset}"
+    out: dict[str, CommittedModelRun] = {}
+    for model in models:
+        run_dir = folder / model
+        if not (run_dir / "manifest.json").is_file():
+            continue
+        run = load_run(run_dir, "cpu")  # verifies every sha256 first
+        if not (run_dir / "metrics.json").is_file():
+            raise FileNotFoundError(f"committed run {run_dir} has no metrics.json (export it from a run that "
+                                    "was evaluated: cdn train ... without --no-eval, then cdn export)")
+        source = portable_source(run.state.get("data")) or "unknown data"
+        out[model] = CommittedModelRun(model, run, RecordedData(source))
+    return out
+
+
 def published_references():
     """``PUBLISHED_REFERENCES`` as a pandas DataFrame (model, CIFAR-10 accuracy, source)."""
     import pandas as pd
@@ -517,7 +558,7 @@ def published_references():
     return pd.DataFrame([{k: r[k] for k in ("model", "cifar10_accuracy", "source")} for r in PUBLISHED_REFERENCES])
 
 
-__all__ = ["PUBLISHED_REFERENCES", "MODEL_LABELS", "TRAINING_SUMMARY_FORMAT", "ModelRun", "cached_json", "chapter_runs", "classification_table",
+__all__ = ["PUBLISHED_REFERENCES", "MODEL_LABELS", "TRAINING_SUMMARY_FORMAT", "ModelRun", "CommittedModelRun", "RecordedData", "committed_runs", "cached_json", "chapter_runs", "classification_table",
            "committed_results", "load_summaries", "save_summary", "data_source", "denoising_table", "device_description", "git_commit",
            "file_digest", "headline_rows", "load_result", "model_label", "nlmeans_denoiser", "photo", "provenance", "provenance_box", "provenance_markdown",
            "psnr_curves", "published_references", "tile", "training_summary", "untile", "CLASSICAL_IMAGES",

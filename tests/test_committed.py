@@ -202,3 +202,22 @@ def test_cdn_book_retrain_reaches_the_chapters(monkeypatch):
     assert main(["book", "--profile", "cpu", "--retrain"]) == 0
     assert main(["book", "--profile", "cpu"]) == 0
     assert seen == ["1", None] and "CDN_RETRAIN" not in os.environ
+
+
+def test_committed_runs_show_their_recorded_metrics_without_data(exported, tmp_path):
+    from cdn import report
+
+    config, data, run, dest = exported
+    results = dest.parent.parent
+    got = report.committed_runs("smoke", "synthetic", ["gradresnet", "unet"], results)
+    assert list(got) == ["gradresnet"]  # no committed unet: left out
+    recorded = json.loads((dest / "metrics.json").read_text())
+    assert got["gradresnet"].metrics() == recorded
+    row = report.headline_rows(got, "synthetic")[0]
+    assert row["clean accuracy"] == recorded["clean_accuracy"] and row["profile"] == "smoke"
+    assert str(REPO_ROOT) not in row["data"] and str(tmp_path) not in row["data"]  # named, not located
+    assert report.committed_runs("cpu", "synthetic", ["gradresnet"], results) == {}
+    weights = dest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(CheckpointError, match="corrupted or was changed"):
+        report.committed_runs("smoke", "synthetic", ["gradresnet"], results)
