@@ -4,6 +4,7 @@ batch and image size, as ratios to the cross-entropy GradResNet step (chapter "E
     python -m benchmarks [--width 16] [--batch 64] [--size 32] [--reps 5] [--out results/bench-cpu-2core.json]
     python -m benchmarks --smoke [--out FILE]           tiny sizes, a few cases: seconds
     python -m benchmarks --sweep [--widths 8 16 32] [--batches 32 64 128] [--out results/bench-sweep-cpu-2core.json]
+    python -m benchmarks --precision [--batch 128] [--out results/bench-precision-cpu.json]   float32 and bf16
 
 Each configuration runs in its own process so that its peak memory (CPU: peak resident set size;
 GPU: torch.cuda.max_memory_allocated) is its own. Times are medians over ``reps`` steps after two
@@ -19,7 +20,7 @@ import multiprocessing as mp
 import platform
 from pathlib import Path
 
-from benchmarks.cases import CASES, _one
+from benchmarks.cases import CASES, PRECISION_CASES, _one
 
 SMOKE_CASES = ["gradresnet-ce", "gradresnet-joint", "jem-k5", "data-fast", "data-plain"]
 SWEEP_CASES = ["gradresnet-ce", "gradresnet-joint"]
@@ -64,7 +65,10 @@ def summary(rows: list[dict]) -> dict:
            "data_fast_fraction_of_joint_step": ratio("data-fast", "gradresnet-joint"),
            "data_plain_fraction_of_joint_step": ratio("data-plain", "gradresnet-joint"),
            "ce_1thread_over_default": ratio("gradresnet-ce-1thread", "gradresnet-ce"),
-           "joint_1thread_over_default": ratio("gradresnet-joint-1thread", "gradresnet-joint")}
+           "joint_1thread_over_default": ratio("gradresnet-joint-1thread", "gradresnet-joint"),
+           "joint_over_ce_bf16": ratio("gradresnet-joint-bf16", "gradresnet-ce-bf16")}
+    for case in ("gradresnet-ce", "gradresnet-joint", "resnet18-ce", "unet-mse"):
+        out[f"bf16_over_float32 {case}"] = ratio(f"{case}-bf16", case)
     for r in rows:
         if r.get("compile"):
             eager = r["case"].replace("-compiled", "")
@@ -86,16 +90,19 @@ def main(argv=None) -> dict:
     p.add_argument("--sweep", action="store_true", help=f"time {SWEEP_CASES} over --widths x --batches")
     p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--precision", action="store_true", help=f"each training step in float32 and bf16: {PRECISION_CASES}")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     a = p.parse_args(argv)
     import torch
+
+    from cdn.train import cpu_has_fast_bf16
 
     if a.smoke:
         a.width, a.batch, a.size, a.reps = 2, 4, 8, 1
         a.cases = a.cases or SMOKE_CASES
         a.widths, a.batches = [2], [4]
     known = [c[0] for c in CASES]
-    wanted = a.cases if a.cases is not None else (SWEEP_CASES if a.sweep else known)
+    wanted = a.cases if a.cases is not None else (SWEEP_CASES if a.sweep else PRECISION_CASES if a.precision else known)
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         raise SystemExit(f"unknown cases {unknown}; known: {', '.join(known)}")
@@ -103,7 +110,7 @@ def main(argv=None) -> dict:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = {"device": device if device == "cpu" else torch.cuda.get_device_name(), "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "size": a.size, "reps": a.reps}
+              "size": a.size, "reps": a.reps, "cpu_has_fast_bf16": cpu_has_fast_bf16()}
     if a.sweep:
         rows = []
         for w in a.widths:

@@ -34,7 +34,16 @@ CASES = [  # name, architecture, objective, options
     ("gradresnet-joint-compiled", "gradresnet", "joint", {"compile": True}),
     ("gradresnet-joint-func", "gradresnet", "joint_func", {}),
     ("gradresnet-joint-func-compiled", "gradresnet", "joint_func", {"compile": True}),
+    # bf16 autocast (the score path of GradResNet stays float32, cdn.nets.resnet.full_precision): fast on a
+    # CPU with AMX / AVX512-BF16 or a GPU, emulated and slow on other CPUs (cdn.train.cpu_has_fast_bf16)
+    ("gradresnet-ce-bf16", "gradresnet", "ce", {"bf16": True}),
+    ("gradresnet-joint-bf16", "gradresnet", "joint", {"bf16": True}),
+    ("resnet18-ce-bf16", "resnet18", "ce", {"bf16": True}),
+    ("unet-mse-bf16", "unet", "mse", {"bf16": True}),
 ]
+#: the cases of ``python -m benchmarks --precision``: each training step in float32 and in bf16
+PRECISION_CASES = ["gradresnet-ce", "gradresnet-joint", "resnet18-ce", "unet-mse",
+                   "gradresnet-ce-bf16", "gradresnet-joint-bf16", "resnet18-ce-bf16", "unet-mse-bf16"]
 #: the training-set size the data cases gather from (CIFAR-10's)
 DATA_IMAGES = 50_000
 
@@ -94,15 +103,17 @@ def _one(args) -> dict:
                 else:
                     model.denoise(x, 0.1)
             return
-        if objective == "ce":
-            loss, _ = CrossEntropyLoss()(model, x, c)
-        elif objective == "joint":
-            loss, _ = JointLoss()(model, x, c, gen)
-        elif objective == "joint_func":
-            sigma = SigmaSampler()(batch, gen, dev)
-            loss = func_loss(net, params, x, c, sigma, torch.randn(x.shape, generator=gen, device=dev))
-        else:
-            loss, _ = DenoisingMSELoss()(run_net, x, None, gen)
+        # the loss under autocast, the backward outside it, as cdn.train does
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(options.get("bf16"))):
+            if objective == "ce":
+                loss, _ = CrossEntropyLoss()(model, x, c)
+            elif objective == "joint":
+                loss, _ = JointLoss()(model, x, c, gen)
+            elif objective == "joint_func":
+                sigma = SigmaSampler()(batch, gen, dev)
+                loss = func_loss(net, params, x, c, sigma, torch.randn(x.shape, generator=gen, device=dev))
+            else:
+                loss, _ = DenoisingMSELoss()(run_net, x, None, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

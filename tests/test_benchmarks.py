@@ -36,3 +36,19 @@ def test_summary_reports_a_failed_compile():
             {"case": "gradresnet-joint-compiled", "compile": True, "seconds_per_step": None, "error": "E",
              "first_step_s": 3.0}]
     assert summary(rows)["compile gradresnet-joint"] == {"error": "E", "seconds_before_failure": 3.0}
+
+
+def test_precision_cases_time_each_step_in_float32_and_bf16(tmp_path):
+    out = tmp_path / "precision.json"
+    main(["--precision", "--smoke", "--device", "cpu", "--cases", "gradresnet-ce", "gradresnet-joint",
+          "gradresnet-ce-bf16", "gradresnet-joint-bf16", "--out", str(out)])
+    data = json.loads(out.read_text())
+    rows = {r["case"]: r for r in data["rows"]}
+    assert rows["gradresnet-joint-bf16"]["bf16"] is True and "bf16" not in rows["gradresnet-joint"]
+    assert all(r["seconds_per_step"] > 0 for r in rows.values())
+    t = {k: r["seconds_per_step"] for k, r in rows.items()}
+    s = data["summary"]
+    assert s["joint_over_ce_bf16"] == t["gradresnet-joint-bf16"] / t["gradresnet-ce-bf16"]
+    assert s["bf16_over_float32 gradresnet-joint"] == t["gradresnet-joint-bf16"] / t["gradresnet-joint"]
+    assert s["bf16_over_float32 unet-mse"] is None  # not run
+    assert isinstance(data["cpu_has_fast_bf16"], bool)
