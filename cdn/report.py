@@ -22,7 +22,7 @@ import torch
 from .checkpoint import atomic_write_text
 from .data import REPO_ROOT, cache_dir
 from .profiles import get_config
-from .runs import Data, Run, get_or_train, resolve_data
+from .runs import Data, Run, get_or_train, load_run, portable_source, resolve_data, results_root
 
 #: Published CIFAR-10 test accuracies the results chapter sets beside ours. They are literature
 #: values (not produced by this project) and are always shown with their source.
@@ -534,8 +534,6 @@ def committed_runs(profile: str, dataset: str, models, results_dir: str | Path |
     ``CheckpointError``) and loaded on the CPU, as ``{model: CommittedModelRun}`` in the order given;
     models without a committed run are left out (an empty dict when none is committed). The tables of
     this module take them like ``chapter_runs``'s (chapter "Results", the ``cpu`` column)."""
-    from .runs import load_run, portable_source, results_root
-
     folder = results_root(results_dir) / f"{profile}-{dataset}"
     out: dict[str, CommittedModelRun] = {}
     for model in models:

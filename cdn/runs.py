@@ -47,22 +47,21 @@ MANIFEST_FORMAT = "cdn-committed-run-1"
 COMMITTED_FILES = ("config.json", "state.json", "log.jsonl", "metrics.json")
 
 
+def _folder(given, env: str, default: str) -> Path:
+    """``given``, else ``$env``, else ``default`` under the repository root."""
+    if given is not None:
+        return Path(given)
+    return Path(os.environ[env]) if os.environ.get(env) else data_mod.REPO_ROOT / default
+
+
 def runs_root(root: str | Path | None = None) -> Path:
     """Where runs live: ``root``, else ``$CDN_RUNS``, else ``runs/`` in the repository."""
-    if root is not None:
-        return Path(root)
-    if os.environ.get("CDN_RUNS"):
-        return Path(os.environ["CDN_RUNS"])
-    return data_mod.REPO_ROOT / "runs"
+    return _folder(root, "CDN_RUNS", "runs")
 
 
 def results_root(results: str | Path | None = None) -> Path:
     """Where committed runs live: ``results``, else ``$CDN_RESULTS``, else ``results/`` in the repository."""
-    if results is not None:
-        return Path(results)
-    if os.environ.get("CDN_RESULTS"):
-        return Path(os.environ["CDN_RESULTS"])
-    return data_mod.REPO_ROOT / "results"
+    return _folder(results, "CDN_RESULTS", "results")
 
 
 def retrain_requested() -> bool:

@@ -7,6 +7,7 @@ import torch
 from cdn import recipe
 from cdn.profiles import get_config
 from cdn.runs import get_or_train, resolve_data
+from cdn.train import autocast_bf16
 
 
 def _run(**kw):
@@ -21,6 +22,8 @@ def test_moving_average_row_is_the_model_the_run_evaluates():
     worth = recipe.recipe_worth(run.dir, data.test)
     rows = {r["weights"]: r for r in worth["rows"]}
     assert set(rows) == {"last", "moving average"} and worth["steps"] == 6
+    expected = "bf16" if autocast_bf16(run.config, torch.device("cpu")) else "float32"
+    assert run.state["autocast"] == expected  # state.json records the precision it trained in
     # model.safetensors holds the moving average: its row must reproduce the run's own metrics
     metrics = run.metrics(data.test)
     assert rows["moving average"]["clean accuracy, flip"] == pytest.approx(metrics["clean_accuracy"], abs=1e-9)
