@@ -10,7 +10,9 @@ steps then JEM's loss. Same network, width, batch, optimiser, learning rate and 
 warm-up, then constant: a time budget fixes no step count for a cosine decay).
 
 The curves are cached as JSON under the runs root (``runs_root()/efficiency/``), keyed by a hash of
-the settings, so a book rebuild reads them instead of training again.
+the settings, so a book rebuild reads them instead of training again. A curve committed under
+``results/efficiency/`` with the same name (the quick profile's, measured once on the project's 2-core
+machine) is read first, so a newcomer's first build does not spend 16 minutes racing.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .checkpoint import atomic_write_text
 from .data import ImageDataset, epoch_permutation, fast_batch
 from .joint import JointModel
 from .profiles import CODE_VERSION, Config, get_config
-from .runs import resolve_data, runs_root
+from .runs import resolve_data, results_root, runs_root
 from .train import make_optimizer, default_device, make_loss, make_net, set_cpu_threads
 
 #: per profile: network width, batch, time budget per model (s), evaluation interval (s of training),
@@ -133,7 +135,8 @@ def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refr
          models=tuple(RACE_MODELS)) -> dict:
     """Accuracy against training time of the ``models`` of ``RACE_MODELS`` with the settings of
     ``EFFICIENCY_SETTINGS[profile]``, each cached as JSON under ``runs_root()/efficiency/`` keyed by a
-    hash of its settings (``refresh`` recomputes). Returns ``{"settings", "data", "train_images",
+    hash of its settings, or read from ``results/efficiency/`` when committed there (``refresh``
+    recomputes). Returns ``{"settings", "data", "train_images",
     "test_images", "device", "threads", "torch", "models": {name: accuracy_vs_time result + "arch"}}``."""
     if profile not in EFFICIENCY_SETTINGS:
         raise ValueError(f"no efficiency settings for profile {profile!r}; expected one of {', '.join(EFFICIENCY_SETTINGS)}")
@@ -156,8 +159,9 @@ def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refr
         key = json.dumps({"settings": s, "config": config.key(), "code_version": CODE_VERSION, "device": device.type,
                           "model": [kind, arch] + ([lr] if lr is not None else [])}, sort_keys=True)
         path = runs_root() / "efficiency" / f"{profile}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
-        if path.exists() and not refresh:
-            result["models"][name] = json.loads(path.read_text())
+        cached = next((p for p in (results_root() / "efficiency" / path.name, path) if p.is_file()), None)
+        if cached is not None and not refresh:
+            result["models"][name] = json.loads(cached.read_text())
             continue
         cfg = dataclasses.replace(config, arch=arch)
         shape = tuple(data.train.images.shape[1:])

@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import atomic_write_text
 from .data import REPO_ROOT, cache_dir
-from .profiles import get_config
+from .profiles import get_config, runs_profile
 from .runs import Data, Run, get_or_train, load_run, portable_source, resolve_data, results_root
 
 #: Published CIFAR-10 test accuracies the results chapter sets beside ours. They are literature
@@ -174,8 +174,11 @@ def chapter_runs(profile: str, models, dataset: str = "cifar10", data_dir=None, 
     """Load (or train, once) each of ``models`` on ``dataset`` in ``profile``, through
     ``cdn.runs.get_or_train``: runs are keyed by their configuration, so chapters share them.
     Each model's data is resolved from its own configuration (``get_or_train`` keys the run by
-    ``data.config``). Returns ``{model: ModelRun}`` in the order given."""
+    ``data.config``). A profile without settings for ``dataset`` uses the quick runs
+    (``cdn.profiles.runs_profile``: a ``cpu`` build on Tiny ImageNet). Returns ``{model: ModelRun}`` in
+    the order given."""
     out = {}
+    profile = runs_profile(profile, dataset)
     for model in models:
         config = get_config(profile, model, dataset, seed=seed, **overrides)
         data = resolve_data(config, data_dir)

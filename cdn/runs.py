@@ -204,9 +204,16 @@ class Run:
 # ------------------------------------------------------------------------------ committed runs --
 
 def committed_dir(config: Config, results: str | Path | None = None) -> Path:
-    """Where the committed run of ``config``'s profile, dataset and model lives:
-    ``results/<profile>-<dataset>/<model>/``."""
-    return results_root(results) / f"{config.profile}-{config.dataset}" / config.model
+    """Where the committed run of ``config`` lives: ``results/<profile>-<dataset>/<model>/`` for the
+    profile's own configuration of the model (``get_config(profile, model, dataset)``), and
+    ``results/<profile>-<dataset>/<model>-<hash>/`` (``Config.key``) for any other, such as an exercise's
+    or an ablation's shortened schedule."""
+    folder = results_root(results) / f"{config.profile}-{config.dataset}"
+    try:
+        default = get_config(config.profile, config.model, config.dataset) == config
+    except ValueError:  # a dataset the profile has no settings for (a fallback)
+        default = False
+    return folder / (config.model if default else f"{config.model}-{config.key()}")
 
 
 def verify_committed(run_dir: str | Path) -> dict:

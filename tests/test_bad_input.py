@@ -55,3 +55,22 @@ def test_bad_configuration(kw, match):
     args.update({k: v for k, v in kw.items() if k in args})
     with pytest.raises(ValueError, match=match):
         get_config(**args, **{k: v for k, v in kw.items() if k not in args})
+
+
+def test_the_cpu_profile_trains_cifar10_only_and_a_cpu_build_takes_quick_runs_elsewhere():
+    """``cpu`` has no Tiny ImageNet settings: asking for them names the profile to use, and the chapters
+    (``report.chapter_runs``, chapter 10's ablation) use the quick runs there instead of retraining them
+    under another name."""
+    from cdn import theory
+    from cdn.profiles import runs_profile
+
+    with pytest.raises(ValueError, match="cpu profile has no settings for tiny-imagenet.*--profile quick"):
+        get_config("cpu", "gradresnet", "tiny-imagenet")
+    assert runs_profile("cpu", "tiny-imagenet") == "quick" and runs_profile("cpu", "cifar10") == "cpu"
+    assert [runs_profile(p, "tiny-imagenet") for p in ("smoke", "quick", "paper")] == ["smoke", "quick", "paper"]
+    with pytest.raises(ValueError, match="unknown profile"):
+        runs_profile("huge", "cifar10")
+    cpu, quick = theory.theory_settings("cpu"), theory.theory_settings("quick")
+    assert cpu["ablation_profile"] == "quick" and cpu["ablation_overrides"] == quick["ablation_overrides"]
+    assert [theory.theory_settings(p)["ablation_profile"] for p in ("smoke", "quick", "paper")] == \
+        ["smoke", "quick", "paper"]

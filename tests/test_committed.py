@@ -18,9 +18,8 @@ from cdn.runs import (export_run, find_committed, get_or_train, load_run, resolv
 
 
 def _config(**kw):
-    base = dict(width=4, steps=4, batch_size=8, train_size=64, test_size=32, checkpoint_every=2, log_every=2)
-    base.update(kw)
-    return get_config("smoke", "gradresnet", "synthetic", **base)
+    """The smoke profile's own GradResNet on synthetic data (width 4, 8 steps), with ``kw`` changed."""
+    return get_config("smoke", "gradresnet", "synthetic", **kw)
 
 
 @pytest.fixture
@@ -32,6 +31,27 @@ def exported(tmp_path):
     run.metrics(data.test)
     dest = export_run(run.dir, tmp_path / "results" / "smoke-synthetic" / "gradresnet")
     return config, data, run, dest
+
+
+def test_another_configuration_of_a_model_is_committed_beside_it(exported, tmp_path, monkeypatch):
+    """The profile's own configuration lives in <model>/, any other (an exercise's, an ablation's) in
+    <model>-<hash>/, so both are committed and each is found by its hash."""
+    config, data, run, dest = exported
+    results = dest.parent.parent
+    assert runs_mod.committed_dir(config, results) == results / "smoke-synthetic" / "gradresnet"
+    short = _config(steps=4, checkpoint_every=2)
+    folder = runs_mod.committed_dir(short, results)
+    assert folder == results / "smoke-synthetic" / f"gradresnet-{short.key()}"
+    trained = get_or_train(short, data=data, root=tmp_path / "r", device="cpu", progress=False, results=results)
+    assert not trained.committed
+    trained.metrics(data.test)
+    monkeypatch.setenv("CDN_RESULTS", str(results))
+    assert export_run(trained.dir) == folder  # the default destination is committed_dir
+    monkeypatch.setattr(runs_mod, "train", _no_training)
+    assert find_committed(short, results) == folder and find_committed(config, results) == dest
+    assert get_or_train(short, data=data, root=tmp_path / "r2", device="cpu", results=results).dir == folder
+    run_md = (results / "smoke-synthetic" / "RUN.md").read_text()
+    assert f"| gradresnet-{short.key()} |" in run_md and "--set checkpoint_every=2 steps=4" in run_md
 
 
 def _no_training(*args, **kwargs):
@@ -96,8 +116,7 @@ def test_cli_train_uses_the_committed_run(exported, tmp_path, monkeypatch, capsy
     monkeypatch.setenv("CDN_RESULTS", str(dest.parent.parent))
     monkeypatch.setattr("cdn.train.train", _no_training)
     args = ["train", "--profile", "smoke", "--dataset", "synthetic", "--device", "cpu", "--no-progress",
-            "--runs", str(tmp_path / "cli-runs"), "--set", "width=4", "steps=4", "batch_size=8", "train_size=64",
-            "test_size=32", "checkpoint_every=2", "log_every=2"]
+            "--runs", str(tmp_path / "cli-runs")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"using the committed run {dest}" in out and "sigma=0" in out

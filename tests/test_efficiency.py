@@ -68,3 +68,28 @@ def test_functional_joint_loss_equals_joint_loss():
             torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="sigma"):
         joint_loss(net, params, x, c, sigma[:2], eps)
+
+
+def test_race_reads_a_committed_curve_before_racing(tmp_path, monkeypatch):
+    """A curve under results/efficiency/ with the cached curve's name is used as it is: a newcomer's
+    build does not race again; ``refresh`` races anyway."""
+    import json
+
+    import cdn.efficiency as eff
+
+    monkeypatch.setenv("CDN_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("CDN_RESULTS", str(tmp_path / "results"))
+    first = eff.race("smoke", models=("joint",))
+    [cached] = (tmp_path / "runs" / "efficiency").glob("smoke-joint-*.json")
+    committed = tmp_path / "results" / "efficiency" / cached.name
+    committed.parent.mkdir(parents=True)
+    committed.write_text(json.dumps(dict(first["models"]["joint"], marker="committed")))
+    cached.unlink()
+
+    def no_race(*args, **kwargs):
+        raise AssertionError("raced although a committed curve matches")
+
+    monkeypatch.setattr(eff, "accuracy_vs_time", no_race)
+    assert eff.race("smoke", models=("joint",))["models"]["joint"]["marker"] == "committed"
+    with pytest.raises(AssertionError, match="raced although"):
+        eff.race("smoke", models=("joint",), refresh=True)
