@@ -337,7 +337,7 @@ def train_command(config: Config) -> str:
 def export_run(run_dir: str | Path, dest: str | Path | None = None, data_dir=None, command: str | None = None,
                max_file_mib: float | None = None, overwrite: bool = False, device=None, run_md: bool = True) -> Path:
     """Write the finished run in ``run_dir`` as a committed run into ``dest`` (default
-    ``committed_dir(config)``, i.e. ``results/<profile>-<dataset>/<model>/``) and return ``dest``:
+    ``committed_dir(config)``: ``results/<profile>-<dataset>/<model>/``, or ``<model>-<hash>/``) and return ``dest``:
     the weights in float16 (split into files of at most ``max_file_mib`` MiB when given), config,
     state and metrics without any path of this machine (the data named by file and sha256,
     ``cdn.architecture.data_record``), the log, ``manifest.json`` with every file's sha256, and the
