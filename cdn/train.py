@@ -12,6 +12,7 @@ process group is initialised (``cdn.distributed``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -146,6 +147,33 @@ def make_optimizer(net: torch.nn.Module, config: Config, device: torch.device) -
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold an exclusive lock on ``run_dir`` (``fcntl.flock`` on ``run_dir/.lock``) for the block: a second
+    process that trains the same run (two chapters or a ``cdn train`` beside a book build, each resuming
+    from the same checkpoint) waits for the first instead of writing into the same files. Yields True
+    when it had to wait. No lock where ``fcntl`` is missing (Windows)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield False
+        return
+    with open(run_dir / ".lock", "a") as f:
+        waited = False
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[cdn] another process is training {run_dir.name}; waiting for it", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=None,
           progress: bool | None = None, stop_after: int | None = None) -> dict:
     """Train ``config`` on ``train_set`` in ``run_dir``, resuming from its newest good checkpoint.
@@ -167,7 +195,24 @@ def train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=N
 
     When a ``torch.distributed`` process group is initialised (``cdn.distributed.init``, torchrun),
     this runs data-parallel: each rank its shard of every global batch, gradients averaged by
-    ``DistributedDataParallel``, rank 0 writing the log and checkpoints (see ``cdn.distributed``)."""
+    ``DistributedDataParallel``, rank 0 writing the log and checkpoints (see ``cdn.distributed``).
+
+    A single process holds ``run_lock(run_dir)`` while it trains; one that had to wait for another
+    process training the same run returns that run's state when it finished (and resumes it otherwise)."""
+    if D.current().world_size > 1:
+        return _train(config, run_dir, train_set, device, progress, stop_after)
+    with run_lock(run_dir) as waited:
+        state_path = Path(run_dir) / "state.json"
+        if waited and state_path.is_file():
+            state = json.loads(state_path.read_text())
+            if state.get("finished"):
+                return state
+        return _train(config, run_dir, train_set, device, progress, stop_after)
+
+
+def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=None,
+           progress: bool | None = None, stop_after: int | None = None) -> dict:
+    """``train`` without the lock: the training loop itself."""
     run_dir = Path(run_dir)
     info = D.current()
     device = torch.device(device) if device is not None else default_device()
