@@ -137,7 +137,9 @@ def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refr
     ``EFFICIENCY_SETTINGS[profile]``, each cached as JSON under ``runs_root()/efficiency/`` keyed by a
     hash of its settings, or read from ``results/efficiency/`` when committed there (``refresh``
     recomputes). Returns ``{"settings", "data", "train_images",
-    "test_images", "device", "threads", "torch", "models": {name: accuracy_vs_time result + "arch"}}``."""
+    "test_images", "device", "threads", "torch", "models": {name: accuracy_vs_time result + "arch", "kind",
+    "lr", "threads" and "device" it raced with, "committed"}}`` (``device`` and ``threads`` at the top level
+    are this process's; a committed curve records its own)."""
     if profile not in EFFICIENCY_SETTINGS:
         raise ValueError(f"no efficiency settings for profile {profile!r}; expected one of {', '.join(EFFICIENCY_SETTINGS)}")
     unknown = set(models) - set(RACE_MODELS)
@@ -161,7 +163,7 @@ def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refr
         path = runs_root() / "efficiency" / f"{profile}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
         cached = next((p for p in (results_root() / "efficiency" / path.name, path) if p.is_file()), None)
         if cached is not None and not refresh:
-            result["models"][name] = json.loads(cached.read_text())
+            result["models"][name] = dict(json.loads(cached.read_text()), committed=cached != path)
             continue
         cfg = dataclasses.replace(config, arch=arch)
         shape = tuple(data.train.images.shape[1:])
@@ -172,7 +174,7 @@ def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refr
         out.update(arch=arch, kind=kind, lr=lr or s["lr"], threads=torch.get_num_threads(), device=str(device))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(out, indent=1))
-        result["models"][name] = out
+        result["models"][name] = dict(out, committed=False)
     return result
 
 

@@ -90,6 +90,8 @@ def test_race_reads_a_committed_curve_before_racing(tmp_path, monkeypatch):
         raise AssertionError("raced although a committed curve matches")
 
     monkeypatch.setattr(eff, "accuracy_vs_time", no_race)
-    assert eff.race("smoke", models=("joint",))["models"]["joint"]["marker"] == "committed"
+    assert first["models"]["joint"]["committed"] is False
+    again = eff.race("smoke", models=("joint",))["models"]["joint"]
+    assert again["marker"] == "committed" and again["committed"] is True
     with pytest.raises(AssertionError, match="raced although"):
         eff.race("smoke", models=("joint",), refresh=True)
