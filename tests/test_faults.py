@@ -274,26 +274,26 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     assert not json.loads((tmp_path / "state.json").read_text())["finished"]
 
 
-def test_a_second_process_waits_for_the_first_instead_of_training_the_same_run(tmp_path, uninterrupted,
-                                                                                monkeypatch, capsys):
+def test_a_second_process_waits_for_the_first_instead_of_training_the_same_run(tmp_path, uninterrupted):
     """Two processes asked for the same run (a chapter and a ``cdn train``, or two book builds) never write
-    into it together: the second waits on the run's lock and then takes the first one's finished run,
-    whose weights are those of an uninterrupted run."""
-    import cdn.train as train_mod
+    into it together: while this process holds the run's lock and trains, a child asked for the same run
+    waits, then takes the finished run without training a step of it."""
+    from cdn.train import _train, run_lock
 
     run_dir = tmp_path / "run"
-    child = _child(run_dir)
-    _wait_for_checkpoint(run_dir, child)  # the child holds the lock from before its first checkpoint
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("the second process trained the run the first one was training")
-
-    monkeypatch.setattr(train_mod, "_train", no_training)
     config = _config()
-    state = train(config, run_dir, resolve_data(config).train, device="cpu", progress=False)
+    with run_lock(run_dir):
+        child = _child(run_dir)
+        seen = []
+        while not any("waiting for it" in line for line in seen):  # the child is blocked on the lock
+            line = child.stdout.readline()
+            assert line, f"the child ended without waiting: {seen} {child.communicate()}"
+            seen.append(line)
+        assert not (run_dir / "ckpt").exists()  # and it wrote nothing
+        state = _train(config, run_dir, resolve_data(config).train, device="cpu", progress=False)
     out, err = child.communicate(timeout=120)
     assert child.returncode == 0, err
-    assert "another process is training run; waiting for it" in capsys.readouterr().out
-    assert state == json.loads(out) and state["finished"] and state["step"] == SETTINGS["steps"]
+    assert "another process is training run; waiting for it" in "".join(seen)
+    assert json.loads(out) == state and state["finished"] and state["step"] == SETTINGS["steps"]
     assert _same(load_file(str(run_dir / "model.safetensors")), uninterrupted)
     assert [r["step"] for r in read_log(run_dir)] == list(range(1, SETTINGS["steps"] + 1))
