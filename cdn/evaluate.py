@@ -107,6 +107,48 @@ def joint_denoisers(model: JointModel, num_classes: int) -> dict[str, Denoiser]:
     }
 
 
+def _part_denoiser(model: JointModel, part: str) -> Denoiser:
+    def denoise(y, sigma, c):
+        s = model.score_parts(y, sigma).get(part)
+        return y if s is None else y + float(sigma) ** 2 * s
+    return denoise
+
+
+def decomposed_denoisers(model: JointModel, num_classes: int) -> dict[str, Denoiser]:
+    """The denoisers that tell which part of a joint model denoises: ``D(y)``, ``y + sigma^2`` times the
+    gradient of the class-independent energy alone (``"energy alone"``; ``y`` itself for a net without
+    one) and of the features' ``logsumexp`` alone (``"features alone"``), and ``D(y, true c)``,
+    ``D(y, wrong c)`` (``JointModel.score_parts``: the two parts sum to the score)."""
+    return {"D(y)": lambda y, s, c: model.denoise(y, s), "energy alone": _part_denoiser(model, "energy"),
+            "features alone": _part_denoiser(model, "features"), **{k: v for k, v in
+                                                                    joint_denoisers(model, num_classes).items()
+                                                                    if k != "D(y)"}}
+
+
+@torch.no_grad()
+def score_part_sizes(model: JointModel, data: ImageDataset, sigmas=DENOISE_SIGMAS, batch_size: int = 250,
+                     seed: int = 0, device=None) -> list[dict]:
+    """For each sigma, the size of each part of the score against the noise it must remove: the mean
+    over images of ``||sigma^2 s_part(y)|| / ||y - x||`` (1 for a part that would remove all of the noise
+    along it; an ideal denoiser's whole score gives about ``||D*(y) - y|| / ||y - x||``, close to 1 at
+    small sigma), for ``"features"``, ``"energy"`` (when the net has one) and the whole score ``"score"``."""
+    device = device or "cpu"
+    num_batches = -(-len(data) // batch_size)
+    rows = []
+    for si, sigma in enumerate(sigmas):
+        sums: dict[str, float] = {}
+        for bi in range(num_batches):
+            x = data.to_float(slice(bi * batch_size, (bi + 1) * batch_size), device)
+            noise = sigma * _noise(x.shape, si, bi, seed, device)
+            parts = model.score_parts(x + noise, sigma)
+            parts["score"] = sum(parts.values())
+            size = noise.flatten(1).norm(dim=1)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + (sigma ** 2 * v.float().flatten(1).norm(dim=1) / size).sum().item()
+        rows.append({"sigma": float(sigma), **{k: v / len(data) for k, v in sums.items()}})
+    return rows
+
+
 def psnr_vs_sigma(denoisers: dict[str, Denoiser], data: ImageDataset, sigmas=DENOISE_SIGMAS, batch_size: int = 250,
                   seed: int = 0, device=None) -> list[dict]:
     """For each sigma: ``{"sigma", "noisy": PSNR of y, name: PSNR of each denoiser}``, mean over images."""

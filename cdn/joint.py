@@ -145,6 +145,31 @@ class JointModel(nn.Module):
             logits, score = logits.detach(), score.detach()
         return logits, score
 
+    def score_parts(self, y: torch.Tensor, sigma=None, c: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The score split along the net's ``logit_parts`` (``f_c = features_c + energy``, energy shared by the
+        classes): ``{"features": grad_y logsumexp_c features_c(y), "energy": grad_y energy(y)}`` (with ``c``:
+        ``grad_y features_c(y)``). Exact: since ``logsumexp_c(a_c + e) = logsumexp_c(a_c) + e``, the parts sum
+        to ``score(y, sigma, c)``. A net without ``logit_parts`` (or without an energy) has the one part
+        ``"features"``, its whole score. Detached, shapes of ``y`` (chapter "Denoising")."""
+        check_image(y)
+        if not hasattr(self.net, "logit_parts"):
+            return {"features": self.score(y, sigma, c)}
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
+            if self.noise_conditioned:
+                parts = self.net.logit_parts(y_in, as_sigma(sigma, y, required=True))
+            else:
+                parts = self.net.logit_parts(y_in)
+            feats = upcast(parts["features"])
+            read = feats.gather(1, c.long().view(-1, 1)) if c is not None else torch.logsumexp(feats, dim=-1)
+            terms = {"features": read.sum()}
+            if "energy" in parts:
+                terms["energy"] = upcast(parts["energy"]).sum()
+            names = list(terms)
+            grads = [torch.autograd.grad(terms[k], y_in, retain_graph=i + 1 < len(names), allow_unused=True)[0]
+                     for i, k in enumerate(names)]
+        return {k: (torch.zeros_like(y) if g is None else g.detach()) for k, g in zip(names, grads)}
+
     def score(self, y: torch.Tensor, sigma=None, c: torch.Tensor | None = None,
               create_graph: bool = False) -> torch.Tensor:
         """``grad_y log p(y)`` (``c`` None) or ``grad_y log p(y, c)``, same shape as ``y``."""

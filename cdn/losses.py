@@ -94,6 +94,24 @@ class JointLoss:
 
     def __call__(self, model: JointModel, x: torch.Tensor, c: torch.Tensor, generator=None):
         """Return ``(loss, terms)`` where ``terms`` holds detached ``ce``, ``dsm`` and ``acc``."""
+        ce, dsm, acc = self.parts(model, x, c, generator)
+        loss = ce + self.lam * dsm
+        return loss, {"ce": ce.detach(), "dsm": dsm.detach(), "acc": acc.detach()}
+
+    def gradient_norms(self, model: JointModel, x: torch.Tensor, c: torch.Tensor, generator=None) -> dict:
+        """The norms of each term's gradient with respect to the parameters on one batch,
+        ``{"grad_ce": ||grad_theta CE||, "grad_dsm": ||grad_theta lam DSM||}``: which task drives the update
+        (the training log records them at each checkpoint step). Leaves every ``.grad`` untouched."""
+        ce, dsm, _ = self.parts(model, x, c, generator)
+        params = [p for p in model.parameters() if p.requires_grad]
+        out = {}
+        for name, term in (("grad_ce", ce), ("grad_dsm", self.lam * dsm)):
+            grads = torch.autograd.grad(term, params, retain_graph=name == "grad_ce", allow_unused=True)
+            out[name] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+        return out
+
+    def parts(self, model: JointModel, x: torch.Tensor, c: torch.Tensor, generator=None):
+        """``(ce, dsm, acc)`` with their graphs: the two terms of the loss before weighting."""
         sigma = self.sampler(x.shape[0], generator, x.device)
         y, eps = add_noise(x, sigma, generator)
         logits, score = model.logits_and_score(y, sigma, c if self.dsm_conditional else None, create_graph=True)
@@ -108,9 +126,7 @@ class JointLoss:
             if self.ce_on == "both":
                 logits_ce = model.logits(x, torch.zeros_like(sigma))
                 ce = 0.5 * (ce + F.cross_entropy(logits_ce.float(), c))
-        loss = ce + self.lam * dsm
-        acc = (logits.argmax(1) == c).float().mean()
-        return loss, {"ce": ce.detach(), "dsm": dsm.detach(), "acc": acc.detach()}
+        return ce, dsm, (logits.argmax(1) == c).float().mean()
 
 
 @dataclass(frozen=True)

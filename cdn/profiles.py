@@ -18,7 +18,9 @@ PROFILES = ("smoke", "quick", "cpu", "paper")
 #: bumped whenever a change to the networks or the training loop makes old runs incomparable;
 #: part of every run's hash, so such a change never reuses a stale run
 CODE_VERSION = 3
-OBJECTIVES = ("joint", "ce", "ce_noise", "mse", "mollify")
+#: "ce_noisy": cross-entropy on the joint model's own noisy images (the same sigma distribution, sigma_min to
+#: sigma_max), the baseline that separates what the DSM term adds from noise augmentation alone
+OBJECTIVES = ("joint", "ce", "ce_noise", "ce_noisy", "mse", "mollify")
 #: "auto": bf16 autocast on a GPU or on a CPU with a bf16 unit (AMX or AVX512-BF16 in /proc/cpuinfo,
 #: cdn.train.cpu_has_fast_bf16), float32 elsewhere (emulated bf16 is many times slower); "bf16" forces autocast with the score path
 #: (input layer, energy, head) in float32 (cdn.nets.resnet.full_precision); "bf16-all" autocasts the
@@ -30,6 +32,7 @@ MODELS: dict[str, tuple[str, str, bool]] = {
     "gradresnet": ("gradresnet", "joint", False),          # the paper's joint model
     "gradresnet-cond": ("gradresnet", "joint", True),      # noise-conditioned variant
     "gradresnet-ce": ("gradresnet", "ce", False),          # same net, cross-entropy alone
+    "gradresnet-ce-noisy": ("gradresnet", "ce_noisy", False),  # ... on the joint model's noisy images
     "resnet18": ("resnet18", "ce", False),                 # discriminative baseline
     "resnet18-noise": ("resnet18", "ce_noise", False),     # ... with Gaussian-noise augmentation
     "resnet18-mollify": ("resnet18", "mollify", False),    # ... with data mollification (cdn.mollify)

@@ -279,17 +279,38 @@ def get_or_train(config: Config, data: Data | None = None, data_dir=None, root=N
     data = data or resolve_data(config, data_dir)
     if data.config.dataset != config.dataset:  # the data fell back (e.g. to digits): key the run by it
         config = dataclasses.replace(config, dataset=data.config.dataset)
-    if not (retrain_requested() if retrain is None else retrain):
+    retraining = retrain_requested() if retrain is None else retrain
+    if not retraining:
         committed = find_committed(config, results)
         if committed is not None:
             return load_run(committed, device, metrics_dir=runs_root(root) / "committed" / config.run_name(),
                             verify=False)
     run_dir = runs_root(root) / config.run_name()
     state_path = run_dir / "state.json"
-    if state_path.exists() and json.loads(state_path.read_text()).get("finished"):
-        return load_run(run_dir, device)
-    train(config, run_dir, data.train, device=device, progress=progress)
-    return load_run(run_dir, device)
+    if not (state_path.exists() and json.loads(state_path.read_text()).get("finished")):
+        train(config, run_dir, data.train, device=device, progress=progress)
+    run = load_run(run_dir, device)
+    if retraining:
+        note = precision_note(run.state, find_committed(config, results))
+        if note:
+            print(f"[cdn] {note}")
+    return run
+
+
+def precision_note(state: dict, committed: Path | None) -> str | None:
+    """A sentence when a run and the committed run of the same name trained in different precisions
+    (``state.json``'s ``autocast``, 'bf16' or 'float32'; ``precision='auto'`` picks by the machine, so the
+    same configuration hash can name both): their numbers then differ by more than rounding of one
+    precision. None when they agree, when there is no committed run, or when either record is missing."""
+    if committed is None:
+        return None
+    theirs = json.loads((Path(committed) / "state.json").read_text()).get("autocast")
+    ours = state.get("autocast")
+    if theirs is None or ours is None or theirs == ours:
+        return None
+    return (f"run {state.get('run')} trained in {ours}, the committed run of the same configuration "
+            f"({Path(committed).name}) in {theirs}: precision='auto' chose by the machine; set precision to "
+            f"{theirs!r} to train it as it was committed (another run name)")
 
 
 def load_run(run_dir: str | Path, device=None, metrics_dir: str | Path | None = None, verify: bool = True) -> Run:
@@ -384,7 +405,8 @@ def export_run(run_dir: str | Path, dest: str | Path | None = None, data_dir=Non
                     "files": {f: sha256_file(tmp / f) for f in files},
                     "provenance": {"command": command or train_command(config), "commit": state.get("commit"),
                                    "machine": state.get("machine") or state.get("device"),
-                                   "torch": state.get("torch"), "wall_time_s": state.get("elapsed_s"),
+                                   "torch": state.get("torch"), "precision": state.get("autocast"),
+                                   "wall_time_s": state.get("elapsed_s"),
                                    "steps": state.get("step"), "epochs": state.get("epochs")}}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
         check_portable(tmp, [run_dir, runs_root(), data_mod.REPO_ROOT, Path.home(),
@@ -423,7 +445,7 @@ def _duration(seconds) -> str:
 
 def write_run_md(profile_dir: str | Path) -> Path:
     """(Re)write ``RUN.md`` of a profile folder of committed runs (``results/<profile>-<dataset>/``) from
-    the manifests of its model folders: per model, the command, commit, machine, wall time, steps,
+    the manifests of its model folders: per model, the command, commit, machine, precision trained in, wall time, steps,
     epochs and clean accuracy."""
     profile_dir = Path(profile_dir)
     rows = []
@@ -433,20 +455,23 @@ def write_run_md(profile_dir: str | Path) -> Path:
         metrics_path = manifest_path.parent / "metrics.json"
         acc = json.loads(metrics_path.read_text()).get("clean_accuracy") if metrics_path.is_file() else None
         wall = p.get("wall_time_s")
+        state_path = manifest_path.parent / "state.json"  # runs exported before the manifest recorded it
+        precision = p.get("precision") or (json.loads(state_path.read_text()).get("autocast")
+                                           if state_path.is_file() else None)
         rows.append(f"| {manifest_path.parent.name} | `{m.get('run')}` | `{p.get('command')}` | {p.get('commit')} | "
-                    f"{p.get('machine')} | {_duration(wall)} | {p.get('steps')} | "
+                    f"{p.get('machine')} | {precision or ''} | {_duration(wall)} | {p.get('steps')} | "
                     f"{p.get('epochs')} | {'' if acc is None else f'{100 * acc:.2f}%'} |")
     text = (f"# Committed runs: {profile_dir.name}\n\n"
             "Finished runs that `cdn.runs.get_or_train` reuses when the configuration hash matches (the run "
             "name). Every file is checked against the sha256 in its folder's `manifest.json` before use; "
             "`cdn train --retrain` or `cdn book --retrain` train anyway. Written by `cdn export` "
             "(`cdn.runs.export_run`); weights in float16.\n\n"
-            "| model | run | command | commit | machine | wall time | steps | epochs | clean accuracy |\n"
-            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "| model | run | command | commit | machine | precision | wall time | steps | epochs | clean accuracy |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     atomic_write_text(profile_dir / "RUN.md", text)
     return profile_dir / "RUN.md"
 
 
 __all__ = ["Run", "Data", "get_or_train", "load_run", "resolve_data", "runs_root", "results_root", "committed_dir",
            "find_committed", "verify_committed", "export_run", "write_run_md", "train_command", "portable_source",
-           "check_portable", "retrain_requested", "CheckpointError"]
+           "check_portable", "retrain_requested", "precision_note", "CheckpointError"]

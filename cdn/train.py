@@ -55,6 +55,8 @@ def make_loss(config: Config):
         return JointLoss(sampler, config.lam, config.weighting, config.dsm_conditional, config.ce_on)
     if config.objective == "ce":
         return CrossEntropyLoss(None)
+    if config.objective == "ce_noisy":
+        return CrossEntropyLoss(sampler)
     if config.objective == "ce_noise":
         return CrossEntropyLoss(SigmaSampler(1e-3, config.noise_sigma_max, "uniform", clean_fraction=0.2))
     if config.objective == "mollify":
@@ -125,6 +127,36 @@ def autocast_bf16(config: Config, device: torch.device) -> bool:
     if config.precision != "auto":
         return False
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+
+
+def resumed_autocast(config: Config, device: torch.device, recorded: str | None) -> bool:
+    """The precision a resumed run continues in: the one its checkpoint recorded (``recorded``, 'bf16' or
+    'float32'; None for checkpoints older than the record), so that one run never mixes two precisions.
+    'auto' is resolved once, when the run starts (``autocast_bf16``), and kept on every later machine;
+    an explicit precision that contradicts the record is a ``ValueError``."""
+    chosen = autocast_bf16(config, device)
+    if recorded is None:
+        return chosen
+    if recorded not in ("bf16", "float32"):
+        raise ValueError(f"the checkpoint records autocast {recorded!r}; expected 'bf16' or 'float32'")
+    if config.precision != "auto" and (recorded == "bf16") != chosen:
+        raise ValueError(f"the checkpoint was trained in {recorded} but precision={config.precision!r} asks for "
+                         f"{'bf16' if chosen else 'float32'}; a run is trained in one precision")
+    return recorded == "bf16"
+
+
+def term_gradient_norms(loss_fn, net: torch.nn.Module, x: torch.Tensor, c: torch.Tensor, seed: int, step: int) -> dict:
+    """``loss_fn.gradient_norms`` on the batch ``(x, c)`` with noise of its own (a generator seeded by
+    ``seed`` and ``step``) and the network's buffers restored afterwards: the training run's weights,
+    optimiser, noise stream and BatchNorm statistics are the same with or without it."""
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + step)
+    try:
+        return loss_fn.gradient_norms(JointModel(net), x, c, generator)
+    finally:
+        with torch.no_grad():
+            for k, v in net.named_buffers():
+                v.copy_(buffers[k])
 
 
 def set_cpu_threads() -> None:
@@ -292,7 +324,10 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
     bar = tqdm(total=None if timed else config.steps, initial=start, disable=not progress, desc=config.run_name(),
                leave=False)
     net.train()
-    use_amp = autocast_bf16(config, device)
+    use_amp = resumed_autocast(config, device, None if found is None else found[1].get("autocast"))
+    if main and found is not None and use_amp != autocast_bf16(config, device):
+        print(f"[cdn] resuming in {'bf16' if use_amp else 'float32'}, the precision step {start} was trained in "
+              f"(precision='auto' on this machine alone would pick {'float32' if use_amp else 'bf16'})")
     acc_terms: dict[str, torch.Tensor] = {}
     t_last, n_last, perm_epoch, perm = time.perf_counter(), 0, -1, None
     # training seconds: those the checkpoint recorded plus this call's; under torch.distributed rank
@@ -349,6 +384,10 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
                 row = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "lr": lr,
                        **{k: float(v) / n_last for k, v in means.items()},
                        "images_per_s": n_last * bs / max(now - t_last, 1e-9), "elapsed_s": round(elapsed, 3)}
+                if main and hasattr(loss_fn, "gradient_norms") and ((step + 1) % config.checkpoint_every == 0 or last):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        row.update(term_gradient_norms(loss_fn, net, x, c, config.seed, step))
+                    now = time.perf_counter()  # not counted in the images/s of the next row
                 if main:
                     with open(run_dir / "log.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
@@ -360,7 +399,8 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
                 if main:
                     ema_tensors = None if ema is None else {f"ema/{k}": v for k, v in ema.items()}
                     save_training_checkpoint(run_dir / "ckpt", step + 1, net, optimizer, states,
-                                             {"elapsed_s": elapsed, "run": config.run_name()},
+                                             {"elapsed_s": elapsed, "run": config.run_name(),
+                                              "autocast": "bf16" if use_amp else "float32"},
                                              extra_tensors=ema_tensors)
                 D.barrier(info)
                 last_good = step + 1

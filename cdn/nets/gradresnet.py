@@ -50,6 +50,10 @@ VARIANTS["gradresnet-relu"] = dict(VARIANTS["gradresnet"], activation="relu")
 VARIANTS["gradresnet-batchnorm"] = dict(VARIANTS["gradresnet"], norm="batch")
 VARIANTS["gradresnet-noside"] = dict(VARIANTS["gradresnet"], side_connections="none")
 VARIANTS["gradresnet-nologenergy"] = dict(VARIANTS["gradresnet"], head="linear")
+# the log-energy built from the network's own feature maps instead of one 3x3 convolution of y, so that
+# its gradient (the denoiser's 1/sigma^2 scale) passes through the classifier's features
+VARIANTS["gradresnet-stage1energy"] = dict(VARIANTS["gradresnet"], head="stage1energy")
+VARIANTS["gradresnet-stagesenergy"] = dict(VARIANTS["gradresnet"], head="stagesenergy")
 
 
 class GradResNet(ResNet):

@@ -187,7 +187,7 @@ class PostActBlock(nn.Module):
 
 BLOCKS = {"basic": BasicBlock, "preact": PreActBlock, "postact": PostActBlock}
 SIDES = ("none", "sum", "concat")
-HEADS = ("linear", "logenergy", "quadratic", "logquad")
+HEADS = ("linear", "logenergy", "quadratic", "logquad", "stage1energy", "stagesenergy")
 
 
 def full_precision(t: torch.Tensor):
@@ -214,6 +214,9 @@ class ResNet(nn.Module):
       ``'logenergy'``  ``f_c = <w_c, phi> - (d/2) log mean(R(y)^2)``, ``R`` a bias-free 3x3 convolution;
       ``'quadratic'``  ``f_c = <w_c, phi> - s mean(phi^2) / 2``, ``s = exp(log_s)`` learned;
       ``'logquad'``    ``f_c = <w_c, phi> - (d/2) log mean(phi^2)``;
+      ``'stage1energy'`` ``f_c = <w_c, phi> - (d/2) log mean(h_1(y)^2)``, ``h_1`` the first stage's output
+      feature map (full resolution): the log-energy built from the classifier's own spatial features;
+      ``'stagesenergy'`` ``f_c = <w_c, phi> - (d/2) (1/4) sum_s log mean(h_s(y)^2)`` over the four stages;
     * ``noise_conditioning``: the norm gains depend on ``log sigma``.
 
     ``True``/``False`` for ``side_connections`` mean ``'sum'``/``'none'``. Under bf16 autocast the stem,
@@ -276,6 +279,10 @@ class ResNet(nn.Module):
     def features(self, y: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """The features ``phi(y)`` the head reads: the pooled last stage, plus (``'sum'``) or
         concatenated with (``'concat'``) the linear maps of the pooled earlier stages."""
+        return self._features_and_maps(y, sigma)[0]
+
+    def _features_and_maps(self, y: torch.Tensor, sigma: torch.Tensor | None = None):
+        """``(phi(y), [h_1, ..., h_4])``: the features and each stage's output feature map."""
         if y.ndim != 4 or y.shape[1] != self.in_channels:
             raise ValueError(f"expected y of shape (B, {self.in_channels}, H, W), got {tuple(y.shape)}")
         if self.noise_conditioning and sigma is None:
@@ -287,30 +294,46 @@ class ResNet(nn.Module):
             h = self.act(self.stem_norm(h, emb))
         elif self.block == "postact":
             h = self.act(h)
-        pooled = []
+        pooled, maps = [], []
         for s, stage in enumerate(self.stages):
             for block in stage:
                 h = block(h, emb)
+            maps.append(h)
             read = h if self.readout_norms is None else self.act(self.readout_norms[s](h, emb))
             pooled.append(read.mean(dim=(2, 3)))
         if self.side_kind == "sum":
-            return pooled[-1] + sum(lin(p) for lin, p in zip(self.side, pooled[:-1]))
+            return pooled[-1] + sum(lin(p) for lin, p in zip(self.side, pooled[:-1])), maps
         if self.side_kind == "concat":
-            return torch.cat([lin(p) for lin, p in zip(self.side, pooled[:-1])] + [pooled[-1]], dim=1)
-        return pooled[-1]
+            return torch.cat([lin(p) for lin, p in zip(self.side, pooled[:-1])] + [pooled[-1]], dim=1), maps
+        return pooled[-1], maps
 
-    def forward(self, y: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
-        phi = self.features(y, sigma)
+    def logit_parts(self, y: torch.Tensor, sigma: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The logits as a sum of parts, ``f_c(y) = features_c(y) + energy(y)``: ``"features"`` (B, C), the
+        linear read-out ``<w_c, phi(y)>`` of the deep features, and, for the heads that have one,
+        ``"energy"`` (B,), the term shared by every class (it leaves ``p(c | y)`` unchanged and adds its
+        own gradient to every score; ``cdn.joint.JointModel.score_parts``)."""
+        phi, maps = self._features_and_maps(y, sigma)
         with self._fp32(phi):
             if self.score_in_float32:
                 phi = upcast(phi)
-            logits = self.fc(phi)
-        if self.head == "logenergy":  # the same for every class: p(c | y) is unchanged
-            logits = logits + self.log_energy(y)[:, None].to(logits.dtype)
+            parts = {"features": self.fc(phi)}
+        if self.head == "logenergy":
+            parts["energy"] = self.log_energy(y)
+        elif self.head in ("stage1energy", "stagesenergy"):
+            used = maps[:1] if self.head == "stage1energy" else maps
+            logs = [torch.log(upcast(h).pow(2).flatten(1).mean(1) + 1e-8) for h in used]
+            parts["energy"] = -0.5 * y[0].numel() * sum(logs) / len(logs)
         elif self.head == "quadratic":
-            logits = logits - (self.log_s.exp() * phi.pow(2).mean(1) / 2)[:, None]
+            parts["energy"] = -self.log_s.exp() * phi.pow(2).mean(1) / 2
         elif self.head == "logquad":
-            logits = logits - (0.5 * y[0].numel() * torch.log(phi.pow(2).mean(1) + 1e-12))[:, None]
+            parts["energy"] = -0.5 * y[0].numel() * torch.log(phi.pow(2).mean(1) + 1e-12)
+        return parts
+
+    def forward(self, y: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        parts = self.logit_parts(y, sigma)
+        logits = parts["features"]
+        if "energy" in parts:  # the same for every class: p(c | y) is unchanged
+            logits = logits + parts["energy"][:, None].to(logits.dtype)
         return logits
 
 

@@ -1,0 +1,155 @@
+"""Which part of a joint model denoises: the score split along the logits' parts
+(``JointModel.score_parts``), the denoisers of each part (``cdn.evaluate.decomposed_denoisers``), the
+size of each part (``score_part_sizes``) and each loss term's parameter gradient
+(``JointLoss.gradient_norms``), checked on small nets where the answer is known by construction."""
+import pytest
+import torch
+
+from cdn.data import ImageDataset
+from cdn.evaluate import decomposed_denoisers, psnr_vs_sigma, score_part_sizes
+from cdn.joint import JointModel
+from cdn.losses import JointLoss
+from cdn.nets import GradResNet
+
+
+def _model(head: str, seed: int = 0, **kw) -> JointModel:
+    torch.manual_seed(seed)
+    return JointModel(GradResNet(num_classes=4, in_channels=3, width=4, head=head, **kw).double()).eval()
+
+
+@pytest.mark.parametrize("head", ["logenergy", "quadratic", "logquad", "linear"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_the_parts_sum_to_the_score(head, conditional):
+    model = _model(head)
+    y = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    c = torch.tensor([0, 3, 1]) if conditional else None
+    parts = model.score_parts(y, c=c)
+    assert set(parts) == ({"features"} if head == "linear" else {"features", "energy"})
+    torch.testing.assert_close(sum(parts.values()), model.score(y, c=c), rtol=1e-10, atol=1e-12)
+
+
+def test_the_log_energy_alone_is_the_closed_form_shrinkage():
+    """With ``R`` the identity on the first 3 of its m = 4 H W outputs,
+    ``energy = -(d/2) log(||y||^2 / m + 1e-8)`` and its gradient is ``-d y / (||y||^2 + 1e-8 m)`` exactly; with the read-out ``w = 0`` the features' part is 0, so the
+    features alone leave ``y`` as it is and ``D(y)`` is the energy's shrinkage."""
+    model = _model("logenergy")
+    net = model.net
+    with torch.no_grad():
+        net.energy_conv.weight.zero_()
+        for i in range(3):
+            net.energy_conv.weight[i, i, 1, 1] = 1.0
+        net.fc.weight.zero_()
+    y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    d = y[0].numel()
+    parts = model.score_parts(y)
+    m = 4 * 8 * 8
+    want = -d * y / (y.flatten(1).pow(2).sum(1) + 1e-8 * m).view(-1, 1, 1, 1)
+    torch.testing.assert_close(parts["energy"], want, rtol=1e-10, atol=1e-12)
+    assert parts["features"].abs().max().item() == 0.0
+    x = torch.rand(8, 3, 8, 8)
+    data = ImageDataset((x * 255).round().to(torch.uint8), torch.arange(8) % 4, [str(k) for k in range(4)], "test", "random images")
+    rows = psnr_vs_sigma(decomposed_denoisers(JointModel(net.float()), 4), data, (0.1,), batch_size=4)
+    assert rows[0]["features alone"] == pytest.approx(rows[0]["noisy"], abs=1e-9)
+    assert rows[0]["energy alone"] == pytest.approx(rows[0]["D(y)"], abs=1e-9)
+
+
+def test_a_net_without_an_energy_leaves_y_to_its_features():
+    model = JointModel(GradResNet(num_classes=4, in_channels=3, width=4, head="linear")).eval()
+    x = torch.rand(8, 3, 8, 8)
+    data = ImageDataset((x * 255).round().to(torch.uint8), torch.arange(8) % 4, [str(k) for k in range(4)], "test", "random images")
+    rows = psnr_vs_sigma(decomposed_denoisers(model, 4), data, (0.1,), batch_size=4)
+    assert rows[0]["energy alone"] == pytest.approx(rows[0]["noisy"], abs=1e-9)
+    assert rows[0]["features alone"] == pytest.approx(rows[0]["D(y)"], abs=1e-4)
+    sizes = score_part_sizes(model, data, (0.1,), batch_size=4)[0]
+    assert "energy" not in sizes and sizes["features"] == pytest.approx(sizes["score"], rel=1e-5)
+
+
+def test_score_part_sizes_of_the_exact_shrinkage():
+    """With ``R`` the identity (as above) and ``w = 0``: ``sigma^2 ||s|| / ||y - x|| = sigma^2 d / (||y|| ||y - x||)``
+    (up to the 1e-8 inside the logarithm, a relative 1e-7 here)."""
+    model = _model("logenergy")
+    with torch.no_grad():
+        model.net.energy_conv.weight.zero_()
+        for i in range(3):
+            model.net.energy_conv.weight[i, i, 1, 1] = 1.0
+        model.net.fc.weight.zero_()
+    model = JointModel(model.net.float())
+    x = torch.rand(4, 3, 8, 8)
+    data = ImageDataset((x * 255).round().to(torch.uint8), torch.arange(4), [str(k) for k in range(4)], "test", "random images")
+    from cdn.evaluate import _noise
+
+    got = score_part_sizes(model, data, (0.2,), batch_size=4)[0]
+    xf = data.to_float(slice(0, 4))
+    noise = 0.2 * _noise(xf.shape, 0, 0, 0, "cpu")
+    y = xf + noise
+    want = (0.04 * y[0].numel() / (y.flatten(1).norm(dim=1) * noise.flatten(1).norm(dim=1))).mean().item()
+    assert got["energy"] == pytest.approx(want, rel=1e-5) and got["score"] == pytest.approx(want, rel=1e-5)
+    assert got["features"] == 0.0
+
+
+def test_term_gradient_norms_are_those_of_each_term():
+    """``gradient_norms`` equals the norms of the gradients of ``ce`` and ``lam * dsm`` computed one at a time
+    on the same noise, and it leaves ``.grad`` untouched."""
+    model = _model("logenergy", seed=1)
+    model.net.train()
+    x, c = torch.rand(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    loss_fn = JointLoss(lam=7.0)
+    got = loss_fn.gradient_norms(model, x, c, torch.Generator().manual_seed(5))
+    assert all(p.grad is None for p in model.parameters())
+    ce, dsm, _ = loss_fn.parts(model, x, c, torch.Generator().manual_seed(5))
+    params = list(model.parameters())
+    for name, term in (("grad_ce", ce), ("grad_dsm", 7.0 * dsm)):
+        g = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        want = torch.sqrt(sum((t ** 2).sum() for t in g if t is not None)).item()
+        assert got[name] == pytest.approx(want, rel=1e-9), name
+    assert got["grad_dsm"] > 0 and got["grad_ce"] > 0
+
+
+def test_the_training_log_records_each_terms_gradient_at_checkpoint_steps(tmp_path):
+    """Rows of checkpoint steps carry ``grad_ce`` and ``grad_dsm``; the others do not. (That computing them
+    leaves the run unchanged is what the bitwise resume tests of test_train.py and test_faults.py check:
+    they train with checkpoints at every step.)"""
+    from cdn.profiles import get_config
+    from cdn.runs import resolve_data
+    from cdn.train import read_log, train
+
+    config = get_config("smoke", "gradresnet", "synthetic", width=4, steps=6, train_size=64, batch_size=8,
+                        checkpoint_every=3, log_every=1, precision="float32")
+    train(config, tmp_path, resolve_data(config).train, device="cpu", progress=False)
+    rows = {r["step"]: r for r in read_log(tmp_path)}
+    assert [s for s, r in rows.items() if "grad_ce" in r] == [3, 6]
+    assert all(rows[s]["grad_ce"] > 0 and rows[s]["grad_dsm"] > 0 for s in (3, 6))
+
+
+def test_the_search_rule_needs_the_network_to_denoise_before_accuracy_counts():
+    from cdn.joint_search import choose
+
+    def row(name, acc, network, full, model="gradresnet"):
+        return {"candidate": name, "model": model, "clean_accuracy": acc, "network_psnr_0.1": network,
+                "denoising": [{"sigma": 0.1, "noisy": 20.0, "D(y)": full}]}
+
+    shortcut = row("shortcut", 0.70, 20.0, 26.0)            # accurate, but the network adds nothing
+    weak = row("weak", 0.60, 20.5, 24.0)                     # the network adds 0.5 dB: below the bar
+    a, b = row("a", 0.62, 25.0, 25.0), row("b", 0.615, 26.5, 26.5)
+    assert choose([shortcut, weak]) is None
+    assert choose([shortcut, weak, a]) == "a"
+    assert choose([shortcut, a, b]) == "b"                  # within one point of accuracy: the better D(y)
+    assert choose([shortcut, row("c", 0.70, 26.0, 26.0, model="gradresnet-ce-noisy")]) is None  # not joint
+
+
+@pytest.mark.parametrize("name", ["stage-1 log-energy, lam 10", "cross-entropy on the same noisy images"])
+def test_a_search_candidate_is_measured_with_its_decomposition(name):
+    from cdn import joint_search
+
+    budget = dict(width=4, steps=4, train_size=64, test_size=32, batch_size=8, checkpoint_every=2, log_every=2,
+                  warmup_steps=1, precision="float32")
+    row = joint_search.measure(name, profile="smoke", dataset="synthetic", budget=budget)
+    assert row["steps"] == 4 and 0 <= row["clean_accuracy"] <= 1 and row["precision"] == "float32"
+    den = {r["sigma"]: r for r in row["denoising"]}
+    assert set(den) == set(joint_search.SIGMAS)
+    assert {"noisy", "D(y)", "energy alone", "features alone", "D(y,c)", "D(y,wrong c)"} <= set(den[0.1])
+    if name.startswith("stage-1"):  # its energy passes through the network: the network part is all of D(y)
+        assert row["energy_source"] == "the network's stage-1 feature map"
+        assert row["network_psnr_0.1"] == den[0.1]["D(y)"] and row["grad_dsm"] > 0
+    else:
+        assert row["network_psnr_0.1"] == den[0.1]["features alone"] and "grad_ce" not in row
