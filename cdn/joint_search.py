@@ -111,6 +111,37 @@ def choose(rows: list[dict]) -> str | None:
     return max(close, key=lambda r: {d["sigma"]: d for d in r["denoising"]}[0.1]["D(y)"])["candidate"]
 
 
+#: the committed search (chapter 10)
+RESULTS_FILE = "joint-search.json"
+
+
+def load(path) -> dict:
+    """The search's results file (``{"meta", "rows", "chosen"}``), or an empty one when it does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {"meta": {}, "rows": [], "chosen": None}
+
+
+def table(results: dict):
+    """One row per candidate: accuracy, the PSNR (dB) of ``D(y)`` at every sigma, of each part of the denoiser
+    and of ``D(y, c)`` against ``D(y, wrong c)`` at sigma = 0.1, and the two loss terms' gradient norms."""
+    import pandas as pd
+
+    out = {}
+    for r in results.get("rows", []):
+        den = {d["sigma"]: d for d in r.get("denoising", [])}
+        row = {"clean acc.": r["clean_accuracy"], "acc. σ=0.2": r["accuracy_sigma_0.2"], "epochs": r["epochs"]}
+        for s in SIGMAS:
+            row[f"D(y) σ={s:g}"] = den[s]["D(y)"] if s in den else None
+        mid = den.get(0.1, {})
+        row.update({"noisy σ=0.1": mid.get("noisy"), "energy alone σ=0.1": mid.get("energy alone"),
+                    "features alone σ=0.1": mid.get("features alone"), "network part σ=0.1": r.get("network_psnr_0.1"),
+                    "D(y,c) − D(y,wrong c) σ=0.1": (mid["D(y,c)"] - mid["D(y,wrong c)"]) if mid else None,
+                    "|∇θ CE|": r.get("grad_ce"), "|∇θ λ DSM|": r.get("grad_dsm"),
+                    "energy from": r.get("energy_source") or ""})
+        out[r["candidate"]] = row
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cdn.joint_search", description=__doc__.split("\n\n")[0])
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES), metavar="NAME")

@@ -153,3 +153,17 @@ def test_a_search_candidate_is_measured_with_its_decomposition(name):
         assert row["network_psnr_0.1"] == den[0.1]["D(y)"] and row["grad_dsm"] > 0
     else:
         assert row["network_psnr_0.1"] == den[0.1]["features alone"] and "grad_ce" not in row
+
+
+def test_the_search_table_reads_each_row_of_the_results_file(tmp_path):
+    from cdn import joint_search
+
+    assert joint_search.load(tmp_path / "none.json")["rows"] == []
+    den = [{"sigma": s, "noisy": 20.0, "D(y)": 25.0 + s, "energy alone": 21.0, "features alone": 20.5,
+            "D(y,c)": 25.2, "D(y,wrong c)": 24.9} for s in joint_search.SIGMAS]
+    row = {"candidate": "x", "model": "gradresnet", "clean_accuracy": 0.5, "accuracy_sigma_0.2": 0.4, "epochs": 3.0,
+           "denoising": den, "network_psnr_0.1": 20.5, "grad_ce": 2.0, "grad_dsm": 0.5, "energy_source": "y"}
+    t = joint_search.table({"rows": [row]})
+    assert t.loc["x", "D(y) σ=0.1"] == 25.1 and t.loc["x", "features alone σ=0.1"] == 20.5
+    assert t.loc["x", "D(y,c) − D(y,wrong c) σ=0.1"] == pytest.approx(0.3)
+    assert t.loc["x", "|∇θ λ DSM|"] == 0.5 and t.loc["x", "clean acc."] == 0.5
