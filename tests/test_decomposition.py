@@ -151,6 +151,7 @@ def test_a_search_candidate_is_measured_with_its_decomposition(name):
     if name.startswith("stage-1"):  # its energy passes through the network: the network part is all of D(y)
         assert row["energy_source"] == "the network's stage-1 feature map"
         assert row["network_psnr_0.1"] == den[0.1]["D(y)"] and row["grad_dsm"] > 0
+        assert "stem energy alone" in den[0.1]
     else:
         assert row["network_psnr_0.1"] == den[0.1]["features alone"] and "grad_ce" not in row
 
@@ -167,3 +168,18 @@ def test_the_search_table_reads_each_row_of_the_results_file(tmp_path):
     assert t.loc["x", "D(y) σ=0.1"] == 25.1 and t.loc["x", "features alone σ=0.1"] == 20.5
     assert t.loc["x", "D(y,c) − D(y,wrong c) σ=0.1"] == pytest.approx(0.3)
     assert t.loc["x", "|∇θ λ DSM|"] == 0.5 and t.loc["x", "clean acc."] == 0.5
+
+
+def test_the_stem_energy_ablation_is_the_stage1_energy_when_the_blocks_add_nothing():
+    """With every block's last convolution at zero, a pre-activation stage passes its input through, so
+    h_1 = stem(y) and the stem-alone denoiser is the stage-1 head's own D(y)."""
+    from cdn.joint_search import stem_energy_denoiser
+
+    model = _model("stage1energy")
+    with torch.no_grad():
+        for block in model.net.stages[0]:
+            block.conv2.weight.zero_()
+        model.net.fc.weight.zero_()
+    y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(stem_energy_denoiser(model.net)(y, 0.1, None), model.denoise(y, 0.1),
+                               rtol=1e-10, atol=1e-12)
