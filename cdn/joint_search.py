@@ -45,6 +45,8 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "stage-1 log-energy": ("gradresnet-stage1energy", {}),
     "no energy, lam 300": ("gradresnet-nologenergy", {"lam": 300.0}),
     "all-stages log-energy": ("gradresnet-stagesenergy", {}),
+    "stage-1 log-energy, lam 10, EDM's log-normal sigma": ("gradresnet-stage1energy",
+                                                          {"lam": 10.0, "sigma_distribution": "log_normal"}),
 }
 #: where each head's class-independent energy is computed (which part of the score passes through the network)
 ENERGY_SOURCE = {"logenergy": "one 3x3 convolution of y", "stage1energy": "the network's stage-1 feature map",

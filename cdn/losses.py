@@ -9,6 +9,7 @@ with ``w(sigma) = 1 / sigma^2`` by default, so that ``w ||D(y) - x||^2 = ||sigma
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,14 +17,19 @@ import torch.nn.functional as F
 
 from .joint import JointModel
 
-SIGMA_DISTRIBUTIONS = ("log_uniform", "uniform")
+SIGMA_DISTRIBUTIONS = ("log_uniform", "uniform", "log_normal")
+#: EDM's noise distribution (Karras et al., 2022: ln sigma ~ N(-1.2, 1.2^2) for pixels in [-1, 1]) on the
+#: [0, 1] pixel scale, where every sigma is halved: ln sigma ~ N(-1.2 - ln 2, 1.2^2), median 0.15
+EDM_LOG_MEAN, EDM_LOG_STD = -1.2 - math.log(2.0), 1.2
 WEIGHTINGS = ("inv_sigma2", "none")
 CE_ON = ("noisy", "clean", "both")
 
 
 @dataclass(frozen=True)
 class SigmaSampler:
-    """Noise levels per image: log-uniform (or uniform) on ``[sigma_min, sigma_max]``; a fraction
+    """Noise levels per image: log-uniform (or uniform) on ``[sigma_min, sigma_max]``, or ``log_normal``,
+    ``ln sigma ~ N(EDM_LOG_MEAN, EDM_LOG_STD^2)`` clipped to ``[sigma_min, sigma_max]`` (EDM's, which puts
+    9% of the images below sigma = 0.03 where the log-uniform on [1e-3, 1] puts half); a fraction
     ``clean_fraction`` of images gets ``sigma = 0`` (they enter the cross-entropy term only)."""
 
     sigma_min: float = 1e-3
@@ -46,6 +52,9 @@ class SigmaSampler:
         if self.distribution == "log_uniform":
             lo, hi = torch.log(torch.tensor(self.sigma_min)), torch.log(torch.tensor(self.sigma_max))
             sigma = torch.exp(lo + u * (hi - lo))
+        elif self.distribution == "log_normal":
+            z = torch.randn(batch, generator=generator, device=device)
+            sigma = torch.exp(EDM_LOG_MEAN + EDM_LOG_STD * z).clamp(self.sigma_min, self.sigma_max)
         else:
             sigma = self.sigma_min + u * (self.sigma_max - self.sigma_min)
         if self.clean_fraction > 0:

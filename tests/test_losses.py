@@ -79,3 +79,17 @@ def test_baseline_losses():
     assert torch.isfinite(loss) and "acc" in terms
     loss, terms = DenoisingMSELoss()(UNet(3, 4), x)
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_log_normal_sampler_is_edms_on_the_unit_pixel_scale():
+    """ln sigma ~ N(-1.2 - ln 2, 1.2^2), clipped: median exp(-1.2 - ln 2) = 0.151, and
+    P(sigma < 0.03) = Phi((ln 0.03 + 1.2 + ln 2) / 1.2) = 0.089 (log-uniform on [1e-3, 1]: 0.49)."""
+    from scipy.stats import norm
+
+    n = 200_000
+    s = SigmaSampler(1e-3, 1.0, "log_normal")(n, torch.Generator().manual_seed(0))
+    assert s.min() >= 1e-3 and s.max() <= 1.0
+    assert s.median().item() == pytest.approx(math.exp(-1.2) / 2, rel=0.02)
+    p = norm.cdf((math.log(0.03) + 1.2 + math.log(2)) / 1.2)
+    assert abs((s < 0.03).double().mean().item() - p) < 4 * math.sqrt(p * (1 - p) / n)
+    assert (s == 1.0).double().mean().item() == pytest.approx(1 - norm.cdf((0 + 1.2 + math.log(2)) / 1.2), abs=0.005)
