@@ -36,6 +36,13 @@ from .report import device_description, git_commit
 #: float32 on every machine: under bf16 autocast the score of the feature-map energies is 1-3% off float32
 #: (the 3x3 log-energy's 1e-4, whose input layer stays float32), and a search must not choose by rounding
 SEARCH = dict(steps=1170, warmup_steps=50, test_size=2000, checkpoint_every=195, log_every=15, precision="float32")
+#: the confirmation of the best candidates, and the references they are measured against, at 10 epochs (3,910
+#: steps of batch 128) with the ``cpu`` profile's recipe (width 16, lr 2e-3, EMA of the weights, flip
+#: test-time augmentation) but a fixed number of steps instead of its time budget, so every model sees the
+#: same images (the paper's equal-epoch comparison); the full 10,000-image test set
+CONFIRM = dict(steps=3910, time_budget_s=None, precision="float32")
+#: name -> (profile the settings start from, overrides)
+BUDGETS = {"search": ("quick", SEARCH), "confirm": ("cpu", CONFIRM)}
 #: name -> (model, overrides): the candidates, each one change from the default
 CANDIDATES: dict[str, tuple[str, dict]] = {
     "stage-1 log-energy, lam 10": ("gradresnet-stage1energy", {"lam": 10.0}),
@@ -47,6 +54,9 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "all-stages log-energy": ("gradresnet-stagesenergy", {}),
     "stage-1 log-energy, lam 10, EDM's log-normal sigma": ("gradresnet-stage1energy",
                                                           {"lam": 10.0, "sigma_distribution": "log_normal"}),
+    # references for the confirmation budget
+    "cross-entropy on clean images": ("gradresnet-ce", {}),
+    "UNet (denoising only)": ("unet", {}),
 }
 #: where each head's class-independent energy is computed (which part of the score passes through the network)
 ENERGY_SOURCE = {"logenergy": "one 3x3 convolution of y", "stage1energy": "the network's stage-1 feature map",
@@ -59,8 +69,9 @@ NETWORK_GAIN_DB = 1.0
 
 def measure(name: str, data_dir=None, device: str = "cpu", profile: str = "quick", dataset: str = "cifar10",
             budget: dict | None = None) -> dict:
-    """Train (or reuse, ``cdn.runs.get_or_train``) the candidate ``name`` of ``CANDIDATES`` at the ``SEARCH``
-    budget and measure it: clean accuracy and at sigma = 0.2 (2,000 test images), the decomposition of its
+    """Train (or reuse, ``cdn.runs.get_or_train``) the candidate ``name`` of ``CANDIDATES`` at ``budget``
+    (default ``SEARCH``; ``BUDGETS`` names the profile each starts from) and measure it: clean accuracy and at
+    sigma = 0.2 (the budget's test set), the PSNR of ``D(y)`` on that whole test set at ``SIGMAS``, the decomposition of its
     denoiser at ``SIGMAS`` (PSNR of ``D(y)``, of the energy alone, of the features alone, ``D(y, c)`` for the
     true and a wrong class; a class-balanced seeded subset of ``DENOISE_IMAGES`` test images), the size of each part of the score,
     and each loss term's parameter-gradient norm at the last logged checkpoint. ``profile``, ``dataset`` and
@@ -71,14 +82,16 @@ def measure(name: str, data_dir=None, device: str = "cpu", profile: str = "quick
     config = get_config(profile, model, dataset, **{**(SEARCH if budget is None else budget), **overrides})
     data = resolve_data(config, data_dir)
     run = get_or_train(config, data, device=device, progress=False)
-    metrics = run.metrics(data.test, sigmas=(0.0, 0.2), denoise_sigmas=())
+    metrics = run.metrics(data.test, sigmas=(0.0, 0.2), denoise_sigmas=SIGMAS)
     log = run.log()
     row = {"candidate": name, "model": model, "run": run.name, "overrides": overrides,
            "steps": run.state["step"], "epochs": run.state["epochs"], "train_time_s": run.state["elapsed_s"],
            "precision": run.state.get("autocast"), "test_images": len(data.test),
-           "clean_accuracy": metrics["classification"][0]["accuracy"],
-           "accuracy_sigma_0.2": metrics["classification"][1]["accuracy"],
-           "final_ce": _tail_mean(log, "ce"), "final_dsm": _tail_mean(log, "dsm")}
+           "final_ce": _tail_mean(log, "ce"), "final_dsm": _tail_mean(log, "dsm"),
+           "denoising_full_test": metrics.get("denoising")}
+    if "classification" in metrics:
+        row["clean_accuracy"] = metrics["classification"][0]["accuracy"]
+        row["accuracy_sigma_0.2"] = metrics["classification"][1]["accuracy"]
     grads = [r for r in log if "grad_ce" in r]
     if grads:
         row["grad_ce"], row["grad_dsm"] = grads[-1]["grad_ce"], grads[-1]["grad_dsm"]
@@ -148,9 +161,10 @@ def table(results: dict):
     out = {}
     for r in results.get("rows", []):
         den = {d["sigma"]: d for d in r.get("denoising", [])}
-        row = {"clean acc.": r["clean_accuracy"], "acc. σ=0.2": r["accuracy_sigma_0.2"], "epochs": r["epochs"]}
+        full = {d["sigma"]: d for d in r.get("denoising_full_test") or []}
+        row = {"clean acc.": r.get("clean_accuracy"), "acc. σ=0.2": r.get("accuracy_sigma_0.2"), "epochs": r["epochs"]}
         for s in SIGMAS:
-            row[f"D(y) σ={s:g}"] = den[s]["D(y)"] if s in den else None
+            row[f"D(y) σ={s:g}"] = den[s]["D(y)"] if s in den else full[s]["D(y)"] if s in full else None
         mid = den.get(0.1, {})
         row.update({"noisy σ=0.1": mid.get("noisy"), "energy alone σ=0.1": mid.get("energy alone"),
                     "features alone σ=0.1": mid.get("features alone"), "network part σ=0.1": r.get("network_psnr_0.1"),
@@ -165,21 +179,24 @@ def table(results: dict):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cdn.joint_search", description=__doc__.split("\n\n")[0])
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES), metavar="NAME")
+    p.add_argument("--budget", choices=list(BUDGETS), default="search",
+                   help="search: 3 epochs from the quick profile; confirm: 10 epochs with the cpu profile's recipe")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data-dir", default=None)
     a = p.parse_args(argv)
     found = json.loads(a.out.read_text()) if a.out.is_file() else {}
     rows = {r["candidate"]: r for r in found.get("rows", [])}
     for name in a.candidates:
-        rows[name] = measure(name, a.data_dir)
+        profile, budget = BUDGETS[a.budget]
+        rows[name] = measure(name, a.data_dir, profile=profile, budget=budget)
         out = {"meta": {"command": "python -m cdn.joint_search " + " ".join(argv or sys.argv[1:]),
                         "commit": git_commit(), "machine": device_description(torch.device("cpu")),
-                        "torch": torch.__version__, "data": data_record("cifar10", a.data_dir), "budget": SEARCH,
+                        "torch": torch.__version__, "data": data_record("cifar10", a.data_dir), "budget": {"name": a.budget, "profile": profile, **budget},
                         "rule": __doc__.split("\n\n")[2].replace("\n", " ")},
                "rows": list(rows.values())}
         out["chosen"] = choose(out["rows"])
         atomic_write_text(a.out, json.dumps(out, indent=1))
-        print(f"[cdn] {name}: clean {rows[name]['clean_accuracy']:.3f}, network part at 0.1: "
+        print(f"[cdn] {name}: clean {rows[name].get('clean_accuracy')}, network part at 0.1: "
               f"{rows[name].get('network_psnr_0.1')}", flush=True)
     return 0
 

@@ -137,14 +137,22 @@ def test_the_search_rule_needs_the_network_to_denoise_before_accuracy_counts():
     assert choose([shortcut, row("c", 0.70, 26.0, 26.0, model="gradresnet-ce-noisy")]) is None  # not joint
 
 
-@pytest.mark.parametrize("name", ["stage-1 log-energy, lam 10", "cross-entropy on the same noisy images"])
+@pytest.mark.parametrize("name", ["stage-1 log-energy, lam 10", "cross-entropy on the same noisy images",
+                                  "UNet (denoising only)"])
 def test_a_search_candidate_is_measured_with_its_decomposition(name):
     from cdn import joint_search
 
     budget = dict(width=4, steps=4, train_size=64, test_size=32, batch_size=8, checkpoint_every=2, log_every=2,
                   warmup_steps=1, precision="float32")
     row = joint_search.measure(name, profile="smoke", dataset="synthetic", budget=budget)
-    assert row["steps"] == 4 and 0 <= row["clean_accuracy"] <= 1 and row["precision"] == "float32"
+    assert row["steps"] == 4 and row["precision"] == "float32"
+    if name.startswith("UNet"):  # a denoiser only: D(y) on the whole test set, no classification, no decomposition
+        assert "clean_accuracy" not in row and "denoising" not in row
+        full = {r["sigma"]: r for r in row["denoising_full_test"]}
+        assert set(full) == set(joint_search.SIGMAS) and full[0.1]["D(y)"] > 0
+        assert joint_search.choose([row]) is None
+        return
+    assert 0 <= row["clean_accuracy"] <= 1
     den = {r["sigma"]: r for r in row["denoising"]}
     assert set(den) == set(joint_search.SIGMAS)
     assert {"noisy", "D(y)", "energy alone", "features alone", "D(y,c)", "D(y,wrong c)"} <= set(den[0.1])
@@ -152,6 +160,7 @@ def test_a_search_candidate_is_measured_with_its_decomposition(name):
         assert row["energy_source"] == "the network's stage-1 feature map"
         assert row["network_psnr_0.1"] == den[0.1]["D(y)"] and row["grad_dsm"] > 0
         assert "stem energy alone" in den[0.1]
+        assert {r["sigma"] for r in row["denoising_full_test"]} == set(joint_search.SIGMAS)
     else:
         assert row["network_psnr_0.1"] == den[0.1]["features alone"] and "grad_ce" not in row
 
