@@ -2,7 +2,12 @@
 lives in an importable module rather than in ``__main__``).
 
 A case is ``(name, architecture, objective, options)``. Objectives: ``ce``, ``joint``, ``mse``
-(training steps of ``cdn.losses``), ``jem`` (one update of ``cdn.baselines.jem.JEMTrainer`` with
+(one ``cdn.train.train_step``, the step ``cdn train`` runs: ``precision`` "auto" as there, bf16 on a
+machine with a bf16 unit, and for the joint loss the closed-form second derivatives of
+``cdn.nets.second_order`` where ``cdn train`` would use them; option ``reference``: plain float32
+autograd instead; option ``precision``: "float32" or "bf16" forced; option ``autograd``: PyTorch's own
+second derivatives), ``matmul`` (one 2048 x 2048
+matrix product in ``options["dtype"]``: the machine's attainable peak, the roofline's ceiling), ``jem`` (one update of ``cdn.baselines.jem.JEMTrainer`` with
 ``options["k"]`` SGLD steps), ``infer_classify`` / ``infer_denoise`` (per-batch inference),
 ``joint_func`` (the same joint step written with ``torch.func``, ``cdn.compiled``),
 ``data_fast`` / ``data_plain`` (one training batch from a CIFAR-sized uint8 tensor: the batched
@@ -20,6 +25,14 @@ import time
 CASES = [  # name, architecture, objective, options
     ("gradresnet-ce", "gradresnet", "ce", {}),
     ("gradresnet-joint", "gradresnet", "joint", {}),
+    ("gradresnet-joint-reference", "gradresnet", "joint", {"reference": True}),
+    ("gradresnet-ce-reference", "gradresnet", "ce", {"reference": True}),
+    ("gradresnet-joint-float32", "gradresnet", "joint", {"precision": "float32"}),
+    ("gradresnet-joint-bf16-autograd", "gradresnet", "joint", {"precision": "bf16", "autograd": True}),
+    ("gradresnet-stage1energy-joint", "gradresnet-stage1energy", "joint", {}),
+    ("gradresnet-stage1energy-joint-reference", "gradresnet-stage1energy", "joint", {"reference": True}),
+    ("matmul-float32", None, "matmul", {"dtype": "float32"}),
+    ("matmul-bf16", None, "matmul", {"dtype": "bfloat16"}),
     ("resnet18-ce", "resnet18", "ce", {}),
     ("unet-mse", "unet", "mse", {}),
     ("jem-k5", "gradresnet", "jem", {"k": 5}),
@@ -36,14 +49,25 @@ CASES = [  # name, architecture, objective, options
     ("gradresnet-joint-func-compiled", "gradresnet", "joint_func", {"compile": True}),
     # bf16 autocast (the score path of GradResNet stays float32, cdn.nets.resnet.full_precision): fast on a
     # CPU with AMX / AVX512-BF16 or a GPU, emulated and slow on other CPUs (cdn.train.cpu_has_fast_bf16)
-    ("gradresnet-ce-bf16", "gradresnet", "ce", {"bf16": True}),
-    ("gradresnet-joint-bf16", "gradresnet", "joint", {"bf16": True}),
-    ("resnet18-ce-bf16", "resnet18", "ce", {"bf16": True}),
-    ("unet-mse-bf16", "unet", "mse", {"bf16": True}),
+    ("gradresnet-ce-float32", "gradresnet", "ce", {"precision": "float32"}),
+    ("resnet18-ce-float32", "resnet18", "ce", {"precision": "float32"}),
+    ("unet-mse-float32", "unet", "mse", {"precision": "float32"}),
+    ("gradresnet-ce-bf16", "gradresnet", "ce", {"precision": "bf16"}),
+    ("gradresnet-joint-bf16", "gradresnet", "joint", {"precision": "bf16"}),
+    ("resnet18-ce-bf16", "resnet18", "ce", {"precision": "bf16"}),
+    ("unet-mse-bf16", "unet", "mse", {"precision": "bf16"}),
 ]
 #: the cases of ``python -m benchmarks --precision``: each training step in float32 and in bf16
-PRECISION_CASES = ["gradresnet-ce", "gradresnet-joint", "resnet18-ce", "unet-mse",
+PRECISION_CASES = ["gradresnet-ce-float32", "gradresnet-joint-float32", "resnet18-ce-float32", "unet-mse-float32",
                    "gradresnet-ce-bf16", "gradresnet-joint-bf16", "resnet18-ce-bf16", "unet-mse-bf16"]
+#: the cases of ``python -m benchmarks --roofline``: the step ``cdn train`` runs and the plain float32 autograd
+#: step, the cross-entropy step, and the machine's matrix-product peak in both precisions
+ROOFLINE_CASES = ["gradresnet-joint", "gradresnet-joint-reference", "gradresnet-joint-float32",
+                  "gradresnet-joint-bf16-autograd", "gradresnet-ce", "gradresnet-ce-reference",
+                  "gradresnet-stage1energy-joint", "gradresnet-stage1energy-joint-reference", "matmul-float32",
+                  "matmul-bf16"]
+#: the size of the matrix product of the ``matmul`` cases
+MATMUL_N = 2048
 #: the training-set size the data cases gather from (CIFAR-10's)
 DATA_IMAGES = 50_000
 
@@ -55,16 +79,21 @@ def _one(args) -> dict:
     from cdn.baselines.jem import JEMTrainer
     from cdn.compiled import joint_loss
     from cdn.data import ImageDataset, epoch_permutation, fast_batch
+    from cdn.efficiency import step_flops
     from cdn.joint import JointModel
     from cdn.losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
     from cdn.nets import build_net
+    from cdn.nets.second_order import use_second_order
     from cdn.plain_data import plain_loader
     from cdn.profiles import get_config
+    from cdn.train import autocast_bf16, train_step
 
     if options.get("threads"):
         torch.set_num_threads(options["threads"])
     torch.manual_seed(0)
     dev = torch.device(device)
+    if objective == "matmul":
+        return _matmul(name, options, dev, reps)
     net = build_net(arch, 10, 3, width).to(dev)
     run_net = torch.compile(net) if options.get("compile") and objective != "joint_func" else net
     func_loss = torch.compile(joint_loss) if options.get("compile") else joint_loss
@@ -85,6 +114,13 @@ def _one(args) -> dict:
         loader = iter(plain_loader(data, batches, torch.Generator().manual_seed(0)))
         counter = iter(range(len(batches)))
 
+    training = objective in ("ce", "joint", "mse")
+    precision = "float32" if options.get("reference") else options.get("precision", "auto")
+    use_amp = training and autocast_bf16(get_config("smoke", "gradresnet", precision=precision), dev)
+    fast = (training and not options.get("reference") and not options.get("autograd")
+            and use_second_order(objective, dev))
+    loss_fn = {"ce": CrossEntropyLoss(), "joint": JointLoss(), "mse": DenoisingMSELoss()}.get(objective)
+
     def step():
         if objective == "data_fast":
             fast_batch(images_dev, labels_dev, batches[next(counter)].to(dev), gen)
@@ -103,17 +139,12 @@ def _one(args) -> dict:
                 else:
                     model.denoise(x, 0.1)
             return
-        # the loss under autocast, the backward outside it, as cdn.train does
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(options.get("bf16"))):
-            if objective == "ce":
-                loss, _ = CrossEntropyLoss()(model, x, c)
-            elif objective == "joint":
-                loss, _ = JointLoss()(model, x, c, gen)
-            elif objective == "joint_func":
-                sigma = SigmaSampler()(batch, gen, dev)
-                loss = func_loss(net, params, x, c, sigma, torch.randn(x.shape, generator=gen, device=dev))
-            else:
-                loss, _ = DenoisingMSELoss()(run_net, x, None, gen)
+        if training:  # the step cdn train runs
+            train_step(run_net if objective == "mse" else model, loss_fn, opt, x, c, gen, use_amp=use_amp,
+                       fast_second_order=fast)
+            return
+        sigma = SigmaSampler()(batch, gen, dev)  # joint_func
+        loss = func_loss(net, params, x, c, sigma, torch.randn(x.shape, generator=gen, device=dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -123,6 +154,10 @@ def _one(args) -> dict:
             torch.cuda.synchronize()
 
     row = {"case": name, "objective": objective, "threads": torch.get_num_threads(), **options}
+    if training:
+        row.update(precision="bf16" if use_amp else "float32",
+                   second_order="closed form, compiled" if fast else "autograd",
+                   gflop_per_step=step_flops(objective, arch, width, size, batch) / 1e9)
     t0 = time.perf_counter()
     try:
         step()
@@ -144,5 +179,29 @@ def _one(args) -> dict:
     med = statistics.median(times)
     mem = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if training:
+        row["gflops"] = row["gflop_per_step"] / med
     return {**row, "seconds_per_step": med, "images_per_s": batch / med, "peak_memory_mib": mem,
             "memory_kind": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS of the process"}
+
+
+def _matmul(name, options, dev, reps) -> dict:
+    """The attainable peak: median time of a ``MATMUL_N`` x ``MATMUL_N`` matrix product, ``2 n^3`` FLOPs."""
+    import torch
+
+    dtype = getattr(torch, options["dtype"])
+    g = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(MATMUL_N, MATMUL_N, generator=g, device=dev).to(dtype)
+    b = torch.randn(MATMUL_N, MATMUL_N, generator=g, device=dev).to(dtype)
+    times = []
+    for i in range(reps + 2):
+        t = time.perf_counter()
+        a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"case": name, "objective": "matmul", "threads": torch.get_num_threads(), **options, "n": MATMUL_N,
+            "seconds_per_step": med, "images_per_s": None, "gflops": 2 * MATMUL_N ** 3 / med / 1e9,
+            "peak_memory_mib": None, "first_step_s": None}

@@ -29,7 +29,7 @@ from .data import ImageDataset, epoch_permutation, fast_batch
 from .joint import JointModel
 from .profiles import CODE_VERSION, Config, get_config
 from .runs import resolve_data, results_root, runs_root
-from .train import make_optimizer, default_device, make_loss, make_net, set_cpu_threads
+from .train import make_optimizer, default_device, make_loss, make_net, set_cpu_threads, train_step
 
 #: per profile: network width, batch, time budget per model (s), evaluation interval (s of training),
 #: test images, JEM's SGLD steps, peak learning rate and warm-up steps (the same for both models)
@@ -56,18 +56,15 @@ class JointTrainer:
         return self.model.logits(x)
 
     def step(self, x: torch.Tensor, c: torch.Tensor, lr: float | None = None) -> dict[str, float]:
-        """``loss = CE + lam * DSM`` on the batch, one optimiser step; returns the terms as floats."""
-        if lr is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-        loss, terms = self.loss_fn(self.model, x, c, self.generator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"joint loss is {loss.item()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        """``loss = CE + lam * DSM`` on the batch, one optimiser step (``cdn.train.train_step``, in float32 with
+        PyTorch's own second derivatives: the race's clock would count the compilation of the closed forms);
+        returns the terms as floats."""
+        def check(loss):
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"joint loss is {loss.item()}")
+
+        loss, terms = train_step(self.model, self.loss_fn, self.optimizer, x, c, self.generator, lr=lr,
+                                 grad_clip=self.config.grad_clip, check=check)
         return {k: float(v) for k, v in {**terms, "loss": loss.detach()}.items()}
 
 
@@ -215,12 +212,12 @@ def flops_per_image(objective: str = "joint", arch: str = "gradresnet", width: i
                     num_classes: int = 10, k: int = 20) -> float:
     """Floating-point operations of one training step per image (matrix multiplications and
     convolutions, forward and every backward, the double backward included), counted on one CPU
-    image with torch's FLOP formulas: ``ce`` (forward + backward), ``joint`` (``JointLoss``) or ``jem``
-    (K SGLD steps + JEM's loss). One multiply-add counts 2."""
-    from .losses import CrossEntropyLoss, JointLoss
+    image with torch's FLOP formulas: ``ce`` (forward + backward), ``joint`` (``JointLoss``), ``mse``
+    (``DenoisingMSELoss`` of a denoiser) or ``jem`` (K SGLD steps + JEM's loss). One multiply-add counts 2."""
+    from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss
 
-    if objective not in ("ce", "joint", "jem"):
-        raise ValueError(f"objective must be 'ce', 'joint' or 'jem', got {objective!r}")
+    if objective not in ("ce", "joint", "mse", "jem"):
+        raise ValueError(f"objective must be 'ce', 'joint', 'mse' or 'jem', got {objective!r}")
     config = get_config("smoke", "gradresnet", arch=arch, width=width)
     x, c = torch.rand(1, 3, size, size), torch.zeros(1, dtype=torch.long)
     if objective == "jem":
@@ -228,12 +225,19 @@ def flops_per_image(objective: str = "joint", arch: str = "gradresnet", width: i
         with _FlopCount() as counter:
             trainer.step(x, c)
         return float(counter.total)
-    model = JointModel(make_net(config, num_classes, 3))
-    loss_fn = JointLoss() if objective == "joint" else CrossEntropyLoss()
+    net = make_net(config, num_classes, 3)
+    model = net if objective == "mse" else JointModel(net)
+    loss_fn = {"joint": JointLoss(), "ce": CrossEntropyLoss(), "mse": DenoisingMSELoss()}[objective]
     with _FlopCount() as counter:
         loss, _ = loss_fn(model, x, c)
         loss.backward()
     return float(counter.total)
+
+
+def step_flops(objective: str, arch: str, width: int, size: int, batch: int) -> float:
+    """FLOPs of one training step of ``batch`` images: ``batch * flops_per_image`` (every convolution and
+    matrix product is linear in the batch)."""
+    return batch * flops_per_image(objective, arch, width, size)
 
 
 def plot_accuracy_vs_time(result: dict, ax=None):

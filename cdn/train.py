@@ -30,6 +30,7 @@ from .joint import JointModel
 from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
 from .mollify import MollifyLoss
 from .nets import build_net
+from .nets.second_order import second_order_layers, use_second_order
 from .profiles import Config
 
 
@@ -143,6 +144,34 @@ def resumed_autocast(config: Config, device: torch.device, recorded: str | None)
         raise ValueError(f"the checkpoint was trained in {recorded} but precision={config.precision!r} asks for "
                          f"{'bf16' if chosen else 'float32'}; a run is trained in one precision")
     return recorded == "bf16"
+
+
+def train_step(target, loss_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, generator,
+               *, lr: float | None = None, use_amp: bool = False, fast_second_order: bool = False,
+               grad_clip: float = 0.0, check=None):
+    """One optimisation step, the one every training loop runs (``train``, the Efficiency race, JEM's update
+    through ``apply_update``, the benchmarks): set ``lr``; ``loss, terms = loss_fn(target, x, c, generator)``
+    under bf16 autocast when ``use_amp``, with the closed-form second derivatives of
+    ``cdn.nets.second_order`` when ``fast_second_order``; ``check(loss)`` (which may raise, or return True to
+    skip the update); then ``apply_update``. Returns ``(loss, terms)``."""
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp), second_order_layers(fast_second_order):
+        loss, terms = loss_fn(target, x, c, generator)
+    if check is not None and check(loss):
+        return loss, terms
+    apply_update(loss, optimizer, grad_clip)
+    return loss, terms
+
+
+def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0) -> None:
+    """``zero_grad``, ``loss.backward()``, clip the gradient's norm to ``grad_clip`` (when > 0), ``optimizer.step()``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
 
 
 def term_gradient_norms(loss_fn, net: torch.nn.Module, x: torch.Tensor, c: torch.Tensor, seed: int, step: int) -> dict:
@@ -328,6 +357,7 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
     if main and found is not None and use_amp != autocast_bf16(config, device):
         print(f"[cdn] resuming in {'bf16' if use_amp else 'float32'}, the precision step {start} was trained in "
               f"(precision='auto' on this machine alone would pick {'float32' if use_amp else 'bf16'})")
+    fast = use_second_order(config.objective, device, config.steps)
     acc_terms: dict[str, torch.Tensor] = {}
     t_last, n_last, perm_epoch, perm = time.perf_counter(), 0, -1, None
     # training seconds: those the checkpoint recorded plus this call's; under torch.distributed rank
@@ -340,7 +370,7 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
 
     last_good = start
     step = start
-    preempted = False
+    preempted = stop = False
     with _sigterm_flag() as sigterm:
         for step in range(start, end):
             if timed and elapsed >= config.time_budget_s:  # a resumed run whose budget was already spent
@@ -354,21 +384,19 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = lr_at(step, config, elapsed) if timed else lr_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, terms = loss_fn(model.net if config.objective == "mse" else model, x, c, generator)
-            bad, stop = D.any_flag([not bool(torch.isfinite(loss)), sigterm.is_set()], info, device)
-            if bad:
-                bar.close()
-                raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) at step {step} of {config.run_name()}; the last good "
-                    f"checkpoint (step {last_good}) in {run_dir / 'ckpt'} is kept. Lower lr or check the data.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-            optimizer.step()
+
+            def check(loss):
+                nonlocal stop
+                bad, stop = D.any_flag([not bool(torch.isfinite(loss)), sigterm.is_set()], info, device)
+                if bad:
+                    bar.close()
+                    raise FloatingPointError(
+                        f"non-finite loss ({loss.item()}) at step {step} of {config.run_name()}; the last good "
+                        f"checkpoint (step {last_good}) in {run_dir / 'ckpt'} is kept. Lower lr or check the data.")
+
+            loss, terms = train_step(model.net if config.objective == "mse" else model, loss_fn, optimizer, x, c,
+                                     generator, lr=lr, use_amp=use_amp, fast_second_order=fast,
+                                     grad_clip=config.grad_clip, check=check)
             if ema is not None:
                 ema_update(ema, net, ema_decay_at(step, config))
             terms["loss"] = loss.detach()
@@ -422,7 +450,8 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
              "num_classes": train_set.num_classes, "in_channels": train_set.in_channels,
              "image_size": train_set.image_size, "classes": train_set.classes,
              "world_size": info.world_size, "commit": commit, "machine": machine,
-             "autocast": "bf16" if use_amp else "float32"}
+             "autocast": "bf16" if use_amp else "float32",
+             "second_order": "closed form, compiled" if fast else "autograd"}
     if timed:
         state["time_budget_s"] = config.time_budget_s
     if preempted:

@@ -1,6 +1,8 @@
 """The benchmark runs in a tiny setting and writes well-formed JSON (timings are reported, never asserted)."""
 import json
 
+import pytest
+
 from benchmarks.__main__ import main, summary
 
 
@@ -40,15 +42,34 @@ def test_summary_reports_a_failed_compile():
 
 def test_precision_cases_time_each_step_in_float32_and_bf16(tmp_path):
     out = tmp_path / "precision.json"
-    main(["--precision", "--smoke", "--device", "cpu", "--cases", "gradresnet-ce", "gradresnet-joint",
+    main(["--precision", "--smoke", "--device", "cpu", "--cases", "gradresnet-ce-float32", "gradresnet-joint-float32",
           "gradresnet-ce-bf16", "gradresnet-joint-bf16", "--out", str(out)])
     data = json.loads(out.read_text())
     rows = {r["case"]: r for r in data["rows"]}
-    assert rows["gradresnet-joint-bf16"]["bf16"] is True and "bf16" not in rows["gradresnet-joint"]
+    assert rows["gradresnet-joint-bf16"]["precision"] == "bf16" and rows["gradresnet-joint-float32"]["precision"] == "float32"
     assert all(r["seconds_per_step"] > 0 for r in rows.values())
     t = {k: r["seconds_per_step"] for k, r in rows.items()}
     s = data["summary"]
     assert s["joint_over_ce_bf16"] == t["gradresnet-joint-bf16"] / t["gradresnet-ce-bf16"]
-    assert s["bf16_over_float32 gradresnet-joint"] == t["gradresnet-joint-bf16"] / t["gradresnet-joint"]
+    assert s["bf16_over_float32 gradresnet-joint"] == t["gradresnet-joint-bf16"] / t["gradresnet-joint-float32"]
     assert s["bf16_over_float32 unet-mse"] is None  # not run
     assert isinstance(data["cpu_has_fast_bf16"], bool)
+
+
+def test_roofline_reports_flops_the_peak_and_the_step_cdn_train_runs(tmp_path, monkeypatch):
+    """The training step as cdn train runs it (here with the closed-form second derivatives forced on) beside
+    the float32 autograd reference, their FLOPs (the same: the same convolutions) and fractions of the peak."""
+    monkeypatch.setenv("CDN_SECOND_ORDER", "on")
+    out = tmp_path / "roofline.json"
+    main(["--roofline", "--smoke", "--device", "cpu", "--cases", "gradresnet-joint", "gradresnet-joint-reference",
+          "matmul-float32", "--out", str(out)])
+    data = json.loads(out.read_text())
+    rows = {r["case"]: r for r in data["rows"]}
+    fast, ref = rows["gradresnet-joint"], rows["gradresnet-joint-reference"]
+    assert fast["second_order"] == "closed form, compiled" and ref["second_order"] == "autograd"
+    assert ref["precision"] == "float32" and fast["precision"] in ("float32", "bf16")
+    assert fast["gflop_per_step"] == ref["gflop_per_step"] > 0
+    assert rows["matmul-float32"]["gflops"] == pytest.approx(2 * 2048 ** 3 / rows["matmul-float32"]["seconds_per_step"] / 1e9)
+    s = data["summary"]
+    assert s["joint_reference_over_joint"] == ref["seconds_per_step"] / fast["seconds_per_step"]
+    assert s["fraction_of_peak"]["gradresnet-joint-reference"] == ref["gflops"] / s["peak_gflops"]["float32"]

@@ -37,7 +37,7 @@ from ..checkpoint import (CheckpointError, atomic_save_tensors, latest_training_
 from ..joint import JointModel, check_image
 from ..nets import build_net
 from ..profiles import Config
-from ..train import make_optimizer
+from ..train import apply_update, make_optimizer
 
 #: JEM's defaults (train_wrn_ebm.py): SGLD steps, step size, noise, buffer size, re-initialisation, data noise
 JEM_DEFAULTS = dict(k=20, step_size=1.0, noise=0.01, buffer_size=10_000, reinit_freq=0.05, data_noise=0.03)
@@ -164,11 +164,7 @@ class JEMTrainer:
         if not torch.isfinite(loss) or loss.abs().item() > 1e8:  # JEM's divergence check
             raise FloatingPointError(f"JEM diverged at step {self.steps_done}: loss {loss.item():.3g} "
                                      f"(E(data) {e_data.item():.3g}, E(sample) {e_sample.item():.3g}); lower lr")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        apply_update(loss, self.optimizer, self.config.grad_clip)
         self.steps_done += 1
         acc = (logits.argmax(1) == c).float().mean()
         return {"ce": ce.item(), "energy_data": e_data.item(), "energy_sample": e_sample.item(),

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from ..joint import upcast
 from torch import nn
 
+from . import second_order
+
 SIGMA_EMBED_DIM = 16
 
 
@@ -69,6 +71,8 @@ class ScaleGroupNorm(nn.Module):
             h = torch.zeros_like(h)  # one value per group normalises to 0 (torch refuses a batch of one)
         elif self.homogeneous:
             h = self._homogeneous(h)
+        elif second_order.active():  # the closed-form double backward (cdn.nets.second_order)
+            h = second_order.group_norm(upcast(h), self.groups, self.eps)
         else:
             h = F.group_norm(h, self.groups, None, None, self.eps)
         gain = self.weight.view(1, -1)
@@ -109,9 +113,17 @@ def make_norm(kind: str, channels: int, noise_conditioning: bool) -> nn.Module:
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
+class GELU(nn.GELU):
+    """Exact GELU, ``x Phi(x)``; inside ``second_order.second_order_layers()`` with the closed-form second
+    derivative of ``cdn.nets.second_order``."""
+
+    def forward(self, x):
+        return second_order.gelu(x) if second_order.active() else super().forward(x)
+
+
 def make_activation(kind: str) -> nn.Module:
     if kind == "gelu":
-        return nn.GELU()
+        return GELU()
     if kind == "relu":
         return nn.ReLU()
     if kind == "softplus":

@@ -1,0 +1,97 @@
+"""The closed-form second derivatives of cdn.nets.second_order against PyTorch's autograd: exact in float64
+(gradcheck and gradgradcheck against finite differences, and the same numbers as F.group_norm / F.gelu),
+and the joint loss's gradient of a whole network in float32."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cdn.nets import second_order as so
+
+
+@pytest.mark.parametrize("groups,shape", [(2, (3, 4, 5, 5)), (4, (2, 4, 3, 3)), (1, (2, 6, 4, 4))])
+def test_group_norm_first_and_second_derivatives_are_exact(groups, shape):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).requires_grad_(True)
+    fn = lambda t: so.group_norm(t, groups, 1e-5)
+    assert torch.allclose(fn(x), F.group_norm(x, groups, eps=1e-5), atol=1e-12)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_gelu_first_and_second_derivatives_are_exact():
+    x = (torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3).requires_grad_(True)
+    assert torch.equal(so.gelu(x), F.gelu(x))
+    assert torch.autograd.gradcheck(so.gelu, (x,))
+    assert torch.autograd.gradgradcheck(so.gelu, (x,))
+
+
+def test_second_derivatives_match_pytorchs_double_backward():
+    """The gradient of a score-matching-like loss, ||grad_x <v, layer(x)>||^2, taken through each layer."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 8, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 8, 6, 6, generator=g, dtype=torch.float64)
+    for ours, theirs in ((lambda t: so.group_norm(t, 4), lambda t: F.group_norm(t, 4)), (so.gelu, F.gelu)):
+        grads = []
+        for layer in (ours, theirs):
+            (s,) = torch.autograd.grad((v * layer(x)).sum(), x, create_graph=True)
+            (gx,) = torch.autograd.grad((s.pow(2) * v).sum(), x)
+            grads.append(gx)
+        assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_a_third_derivative_is_refused():
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    (d1,) = torch.autograd.grad(so.gelu(x).sum(), x, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(d2.sum(), x)
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="divisible by 3"):
+        so.group_norm(torch.zeros(2, 4, 3, 3), 3)
+
+
+def test_the_switch_is_scoped():
+    assert not so.active()
+    with so.second_order_layers():
+        assert so.active()
+        with so.second_order_layers(False):
+            assert not so.active()
+        assert so.active()
+    assert not so.active()
+
+
+def test_a_training_run_with_the_closed_forms_follows_the_reference(monkeypatch, tmp_path):
+    """The same smoke run with CDN_SECOND_ORDER=on and off: the state says which, the losses agree to float32
+    rounding (amplified by a few optimiser steps), the weights too."""
+    from cdn.data import make_synthetic
+    from cdn.profiles import get_config
+    from cdn.train import train
+    from safetensors.torch import load_file
+
+    config = get_config("smoke", "gradresnet", "synthetic", steps=4, precision="float32")
+    data = make_synthetic("train", size=8, n=64)
+    logs, weights = {}, {}
+    for setting in ("on", "off"):
+        monkeypatch.setenv("CDN_SECOND_ORDER", setting)
+        state = train(config, tmp_path / setting, data, device="cpu", progress=False)
+        assert state["second_order"] == ("closed form, compiled" if setting == "on" else "autograd")
+        logs[setting] = [json.loads(line) for line in (tmp_path / setting / "log.jsonl").read_text().splitlines()]
+        weights[setting] = load_file(tmp_path / setting / "model.safetensors")
+    for a, b in zip(logs["on"], logs["off"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for k in weights["on"]:
+        assert torch.allclose(weights["on"][k], weights["off"][k], rtol=1e-3, atol=1e-5), k
+
+
+def test_auto_keeps_pytorchs_layers_for_short_runs_and_other_objectives(monkeypatch):
+    monkeypatch.setenv("CDN_SECOND_ORDER", "auto")
+    assert not so.use_second_order("joint", "cpu", steps=so.MIN_STEPS - 1)
+    assert not so.use_second_order("ce", "cpu", steps=10_000)
+    assert so.use_second_order("joint", "cpu", steps=so.MIN_STEPS) == so.compiler_works("cpu")
+    monkeypatch.setenv("CDN_SECOND_ORDER", "maybe")
+    with pytest.raises(ValueError, match="CDN_SECOND_ORDER must be one of"):
+        so.use_second_order("joint")
