@@ -73,3 +73,16 @@ def test_roofline_reports_flops_the_peak_and_the_step_cdn_train_runs(tmp_path, m
     s = data["summary"]
     assert s["joint_reference_over_joint"] == ref["seconds_per_step"] / fast["seconds_per_step"]
     assert s["fraction_of_peak"]["gradresnet-joint-reference"] == ref["gflops"] / s["peak_gflops"]["float32"]
+
+
+def test_the_profile_lists_operators_by_self_time(tmp_path):
+    from benchmarks.profile import main as profile_main
+
+    out = tmp_path / "profile.json"
+    data = profile_main(["--width", "2", "--batch", "4", "--size", "8", "--steps", "1", "--top", "5", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(data))
+    ref = data["reference"]
+    assert ref["precision"] == "float32" and ref["second_order"] == "autograd" and len(ref["rows"]) == 5
+    shares = [r["share"] for r in ref["rows"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    assert data["train_step"]["second_order"] == "autograd"  # CDN_SECOND_ORDER=off in the tests

@@ -95,3 +95,25 @@ def test_auto_keeps_pytorchs_layers_for_short_runs_and_other_objectives(monkeypa
     monkeypatch.setenv("CDN_SECOND_ORDER", "maybe")
     with pytest.raises(ValueError, match="CDN_SECOND_ORDER must be one of"):
         so.use_second_order("joint")
+
+
+def test_on_a_network_the_score_is_unchanged_and_the_loss_gradient_agrees_in_float32():
+    """The closed forms change only the double backward: the score (a first-order gradient, the same kernels)
+    is bitwise PyTorch's, the joint loss and its parameter gradient agree to float32 rounding."""
+    from cdn.joint import JointModel
+    from cdn.losses import JointLoss
+    from cdn.nets import build_net
+
+    torch.manual_seed(0)
+    model = JointModel(build_net("gradresnet", 10, 3, 8))
+    x, c = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    out = {}
+    for on in (False, True):
+        with so.second_order_layers(on):
+            score = model.score(x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
+            loss, _ = JointLoss()(model, x, c, torch.Generator().manual_seed(0))
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        out[on] = (score, loss, torch.cat([g.flatten() for g in grads]))
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+    diff = (out[True][2] - out[False][2]).norm() / out[False][2].norm()
+    assert diff < 1e-5, diff

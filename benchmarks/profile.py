@@ -1,0 +1,88 @@
+"""The operators that take a training step's time (chapter "Efficiency"): ``torch.profiler`` over a few
+steps of ``cdn.train.train_step``, the top operators by self time, for the step ``cdn train`` runs and
+for plain float32 autograd.
+
+    python -m benchmarks.profile [--width 16] [--batch 128] [--steps 2] [--top 12] [--out results/profile-joint-cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def profile_step(arch: str = "gradresnet", width: int = 16, batch: int = 128, size: int = 32, steps: int = 2,
+                 reference: bool = False, top: int = 12, device: str = "cpu") -> dict:
+    """Self time per operator over ``steps`` joint training steps (after two warm-up steps): ``{"total_ms",
+    "rows": [{"operator", "self_ms", "share", "calls"}]}`` for the ``top`` operators, ``share`` of the total
+    self time. ``reference``: float32 with PyTorch's own second derivatives; otherwise the step ``cdn train``
+    runs (``precision`` "auto", the closed forms of ``cdn.nets.second_order`` where they are used)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from cdn.joint import JointModel
+    from cdn.losses import JointLoss
+    from cdn.nets import build_net
+    from cdn.nets.second_order import use_second_order
+    from cdn.profiles import get_config
+    from cdn.train import autocast_bf16, make_optimizer, train_step
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    net = build_net(arch, 10, 3, width).to(dev)
+    model = JointModel(net)
+    config = get_config("smoke", "gradresnet", precision="float32" if reference else "auto")
+    opt = make_optimizer(net, config, dev)
+    x, c = torch.rand(batch, 3, size, size, device=dev), torch.randint(0, 10, (batch,), device=dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    use_amp = autocast_bf16(config, dev)
+    fast = not reference and use_second_order("joint", dev)
+
+    def step():
+        train_step(model, JointLoss(), opt, x, c, gen, use_amp=use_amp, fast_second_order=fast)
+
+    step(), step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    rows = [{"operator": e.key, "self_ms": e.self_cpu_time_total / 1000 / steps,
+             "share": e.self_cpu_time_total / total, "calls": e.count // steps} for e in events[:top]]
+    return {"total_ms": total / 1000 / steps, "precision": "bf16" if use_amp else "float32",
+            "second_order": "closed form, compiled" if fast else "autograd", "rows": rows}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="gradresnet")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    import torch
+
+    from cdn.report import device_description, git_commit
+
+    out = {"command": "python -m benchmarks.profile " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "commit": git_commit(), "machine": device_description("cpu"), "torch": torch.__version__,
+           "arch": a.arch, "width": a.width, "batch": a.batch, "size": a.size, "steps": a.steps}
+    for name, reference in (("train_step", False), ("reference", True)):
+        out[name] = profile_step(a.arch, a.width, a.batch, a.size, a.steps, reference, a.top)
+        print(f"{name}: {out[name]['total_ms']:.0f} ms of self time per step ({out[name]['precision']}, "
+              f"{out[name]['second_order']})")
+        for r in out[name]["rows"]:
+            print(f"  {r['operator'][:45]:<45} {r['self_ms']:8.1f} ms {100 * r['share']:5.1f}%  x{r['calls']}")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
