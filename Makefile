@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # without its dependencies: see the note in pyproject.toml
 TORCHATTACKS_SPEC ?= torchattacks>=3.5,<4
 
-.PHONY: setup chromium test test-fast test-numerics book bench clean
+.PHONY: setup chromium compiler test test-fast test-numerics book bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,9 +27,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# a C++ compiler for torch.compile's CPU kernels (the joint loss's closed-form second derivatives,
+# cdn.nets.second_order; without one, training falls back to PyTorch's own, and their tests fail)
+compiler:
+	@command -v g++ >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq g++ >/dev/null)
+
 # the whole suite, the smoke build of the book included, then the numerically sensitive tests again on
 # other CPU kernels (about 10 minutes on 2 cores)
-test: setup chromium
+test: setup chromium compiler
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-numerics
 
