@@ -489,8 +489,10 @@ def jacobian_sweep(model: JointModel, x: torch.Tensor, sigmas, c: torch.Tensor |
     """For each clean image of ``x`` (B, C, H, W) and each sigma: one noisy ``y`` (fixed seed), the full
     Jacobian of ``D(y)`` (and, when ``c`` (B,) is given, of ``D(y, c)``) and its analysis. Returns rows
     ``{"image", "sigma", "denoiser", "result": JacobianResult, "mse": ||D(y) - x||^2 / d,
-    "sure": sigma^2 trace(J) / d}`` (for the optimal denoiser ``E[sigma^2 trace J] = E||D(y) - x||^2``,
-    since ``J = Cov[x | y] / sigma^2``)."""
+    "posterior_variance": sigma^2 trace(J) / d, "sure": (||D(y) - y||^2 + 2 sigma^2 trace(J)) / d - sigma^2}``.
+    ``posterior_variance`` equals the expected MSE for the optimal denoiser only (``J = Cov[x | y] / sigma^2``);
+    ``sure``, Stein's unbiased risk estimate, has the expected MSE as its expectation for any (weakly
+    differentiable) denoiser, computed from ``y`` alone."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for i in range(x.shape[0]):
@@ -502,8 +504,10 @@ def jacobian_sweep(model: JointModel, x: torch.Tensor, sigmas, c: torch.Tensor |
                     continue
                 fn = joint_denoiser_fn(model, float(s), cls)
                 res = jacobian_analysis(fn, y, k, chunk)
-                with torch.no_grad():
-                    mse = (fn(y).detach() - xi).pow(2).mean().item()
+                d = xi[0].numel()
+                out = fn(y).detach()
+                mse = (out - xi).pow(2).mean().item()
+                sure = ((out - y).pow(2).sum().item() + 2 * float(s) ** 2 * res.trace) / d - float(s) ** 2
                 rows.append({"image": i, "sigma": float(s), "denoiser": name, "result": res, "mse": mse,
-                             "sure": float(s) ** 2 * res.trace / xi[0].numel()})
+                             "posterior_variance": float(s) ** 2 * res.trace / d, "sure": sure})
     return rows

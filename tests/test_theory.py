@@ -98,3 +98,29 @@ def test_generative_and_discriminative_estimators_converge():
     for est in ("generative", "discriminative"):
         assert by[(2000, est)]["excess error"] < by[(50, est)]["excess error"]
         assert by[(2000, est)]["excess error"] >= -1e-12
+
+
+class _WienerEnergy(torch.nn.Module):
+    """``f_c(y) = -a ||y||^2 / 2`` for every class: ``D(y) = (1 - sigma^2 a) y``, the optimal denoiser of
+    ``x ~ N(0, s^2 I)`` when ``a = 1 / (s^2 + sigma^2)``."""
+
+    def __init__(self, a: float, num_classes: int = 2):
+        super().__init__()
+        self.a, self.num_classes = a, num_classes
+
+    def forward(self, y, sigma=None):
+        return (-0.5 * self.a * y.pow(2).flatten(1).sum(1))[:, None].repeat(1, self.num_classes)
+
+
+def test_jacobian_sweep_sure_and_posterior_variance_on_the_wiener_filter():
+    """For the optimal (Wiener) denoiser of a Gaussian prior, sigma^2 tr J / d is exactly the MMSE
+    s^2 sigma^2 / (s^2 + sigma^2); SURE averages to the measured MSE (Stein), here over 24 images."""
+    s, sigma = 0.3, 0.2
+    model = JointModel(_WienerEnergy(1 / (s ** 2 + sigma ** 2)).double())
+    x = s * torch.randn(24, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows = theory.jacobian_sweep(model, x, [sigma], k=2)
+    mmse = s ** 2 * sigma ** 2 / (s ** 2 + sigma ** 2)
+    for r in rows:
+        assert r["posterior_variance"] == pytest.approx(mmse, rel=1e-9)
+    mse, sure = np.mean([r["mse"] for r in rows]), np.mean([r["sure"] for r in rows])
+    assert sure == pytest.approx(mse, rel=0.1) and mse == pytest.approx(mmse, rel=0.15)
