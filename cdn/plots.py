@@ -37,6 +37,8 @@ _FIXED = [
     ("resnet18-noise", "#E69F00"),
     ("ResNet-18", "#D55E00"),
     ("resnet18", "#D55E00"),
+    ("DnCNN", "#7F7F7F"),
+    ("dncnn", "#7F7F7F"),
     ("UNet", "#000000"),
     ("unet", "#000000"),
     ("NL-means", "#8C564B"),

@@ -37,6 +37,7 @@ MODELS: dict[str, tuple[str, str, bool]] = {
     "resnet18-noise": ("resnet18", "ce_noise", False),     # ... with Gaussian-noise augmentation
     "resnet18-mollify": ("resnet18", "mollify", False),    # ... with data mollification (cdn.mollify)
     "unet": ("unet", "mse", False),                        # denoise-only baseline (bias-free UNet)
+    "dncnn": ("dncnn", "mse", False),                      # the referees' reference denoiser (bias-free DnCNN)
     "gradresnet-relu": ("gradresnet-relu", "joint", False),          # ablations
     "gradresnet-batchnorm": ("gradresnet-batchnorm", "joint", False),
     "gradresnet-noside": ("gradresnet-noside", "joint", False),

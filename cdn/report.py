@@ -51,6 +51,8 @@ MODEL_LABELS = {
     "resnet18-noise": "ResNet-18 + noise augmentation",
     "resnet18-mollify": "ResNet-18 + mollification",
     "unet": "UNet (denoise only)",
+    "dncnn": "DnCNN (bias-free, denoise only)",
+    "gradresnet-ce-noisy": "GradResNet (cross-entropy on noisy images)",
 }
 
 
