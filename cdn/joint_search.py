@@ -154,7 +154,8 @@ def load(path) -> dict:
 
 
 def table(results: dict):
-    """One row per candidate: accuracy, the PSNR (dB) of ``D(y)`` at every sigma, of each part of the denoiser
+    """One row per candidate: accuracy, the PSNR (dB) of ``D(y)`` at every sigma (on the whole test set where the
+    row has it, ``denoising_full_test``, else on the decomposition's subset), of each part of the denoiser
     and of ``D(y, c)`` against ``D(y, wrong c)`` at sigma = 0.1, and the two loss terms' gradient norms."""
     import pandas as pd
 
@@ -164,7 +165,7 @@ def table(results: dict):
         full = {d["sigma"]: d for d in r.get("denoising_full_test") or []}
         row = {"clean acc.": r.get("clean_accuracy"), "acc. σ=0.2": r.get("accuracy_sigma_0.2"), "epochs": r["epochs"]}
         for s in SIGMAS:
-            row[f"D(y) σ={s:g}"] = den[s]["D(y)"] if s in den else full[s]["D(y)"] if s in full else None
+            row[f"D(y) σ={s:g}"] = full[s]["D(y)"] if s in full else den[s]["D(y)"] if s in den else None
         mid = den.get(0.1, {})
         row.update({"noisy σ=0.1": mid.get("noisy"), "energy alone σ=0.1": mid.get("energy alone"),
                     "features alone σ=0.1": mid.get("features alone"), "network part σ=0.1": r.get("network_psnr_0.1"),
