@@ -57,6 +57,7 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     # references for the confirmation budget
     "cross-entropy on clean images": ("gradresnet-ce", {}),
     "UNet (denoising only)": ("unet", {}),
+    "DnCNN (denoising only)": ("dncnn", {}),
 }
 #: where each head's class-independent energy is computed (which part of the score passes through the network)
 ENERGY_SOURCE = {"logenergy": "one 3x3 convolution of y", "stage1energy": "the network's stage-1 feature map",
