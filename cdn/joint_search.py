@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.candidates:
         profile, budget = BUDGETS[a.budget]
         rows[name] = measure(name, a.data_dir, profile=profile, budget=budget)
+        rows[name]["command"] = "python -m cdn.joint_search " + " ".join(argv or sys.argv[1:])
+        rows[name]["commit"] = git_commit()
         out = {"meta": {"command": "python -m cdn.joint_search " + " ".join(argv or sys.argv[1:]),
                         "commit": git_commit(), "machine": device_description(torch.device("cpu")),
                         "torch": torch.__version__, "data": data_record("cifar10", a.data_dir), "budget": {"name": a.budget, "profile": profile, **budget},
