@@ -113,10 +113,7 @@ class _GroupNormBackward(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, u):
         g, x, mean, rstd = ctx.saved_tensors
-        groups = ctx.groups
-        n, c = x.shape[:2]
-        hw = x[0, 0].numel()
-        du, du_x = _kernel("gn")(g, u, x, mean, rstd, groups)
+        du, du_x = _kernel("gn")(g, u, x, mean, rstd, ctx.groups)
         return du, du_x, None, None, None
 
 
