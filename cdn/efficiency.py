@@ -64,7 +64,7 @@ class JointTrainer:
                 raise FloatingPointError(f"joint loss is {loss.item()}")
 
         loss, terms = train_step(self.model, self.loss_fn, self.optimizer, x, c, self.generator, lr=lr,
-                                 grad_clip=self.config.grad_clip, check=check)
+                                 grad_clip=self.config.grad_clip, check=check, params=self.net.parameters())
         return {k: float(v) for k, v in {**terms, "loss": loss.detach()}.items()}
 
 

@@ -148,12 +148,13 @@ def resumed_autocast(config: Config, device: torch.device, recorded: str | None)
 
 def train_step(target, loss_fn, optimizer: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor, generator,
                *, lr: float | None = None, use_amp: bool = False, fast_second_order: bool = False,
-               grad_clip: float = 0.0, check=None):
+               grad_clip: float = 0.0, check=None, params=None):
     """One optimisation step, the one every training loop runs (``train``, the Efficiency race, JEM's update
     through ``apply_update``, the benchmarks): set ``lr``; ``loss, terms = loss_fn(target, x, c, generator)``
     under bf16 autocast when ``use_amp``, with the closed-form second derivatives of
     ``cdn.nets.second_order`` when ``fast_second_order``; ``check(loss)`` (which may raise, or return True to
-    skip the update); then ``apply_update``. Returns ``(loss, terms)``."""
+    skip the update); then ``apply_update`` (``params``: the parameters whose gradient norm is clipped, in the
+    order of the sum, e.g. ``net.parameters()``). Returns ``(loss, terms)``."""
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -161,16 +162,18 @@ def train_step(target, loss_fn, optimizer: torch.optim.Optimizer, x: torch.Tenso
         loss, terms = loss_fn(target, x, c, generator)
     if check is not None and check(loss):
         return loss, terms
-    apply_update(loss, optimizer, grad_clip)
+    apply_update(loss, optimizer, grad_clip, params)
     return loss, terms
 
 
-def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0) -> None:
-    """``zero_grad``, ``loss.backward()``, clip the gradient's norm to ``grad_clip`` (when > 0), ``optimizer.step()``."""
+def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0, params=None) -> None:
+    """``zero_grad``, ``loss.backward()``, clip the norm of the gradient of ``params`` (default: the optimiser's,
+    group by group; the order of the sum sets the last bits) to ``grad_clip`` (when > 0), ``optimizer.step()``."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+        params = [p for g in optimizer.param_groups for p in g["params"]] if params is None else params
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
 
 
@@ -396,7 +399,7 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
 
             loss, terms = train_step(model.net if config.objective == "mse" else model, loss_fn, optimizer, x, c,
                                      generator, lr=lr, use_amp=use_amp, fast_second_order=fast,
-                                     grad_clip=config.grad_clip, check=check)
+                                     grad_clip=config.grad_clip, check=check, params=net.parameters())
             if ema is not None:
                 ema_update(ema, net, ema_decay_at(step, config))
             terms["loss"] = loss.detach()

@@ -164,7 +164,7 @@ class JEMTrainer:
         if not torch.isfinite(loss) or loss.abs().item() > 1e8:  # JEM's divergence check
             raise FloatingPointError(f"JEM diverged at step {self.steps_done}: loss {loss.item():.3g} "
                                      f"(E(data) {e_data.item():.3g}, E(sample) {e_sample.item():.3g}); lower lr")
-        apply_update(loss, self.optimizer, self.config.grad_clip)
+        apply_update(loss, self.optimizer, self.config.grad_clip, self.net.parameters())
         self.steps_done += 1
         acc = (logits.argmax(1) == c).float().mean()
         return {"ce": ce.item(), "energy_data": e_data.item(), "energy_sample": e_sample.item(),
