@@ -116,7 +116,8 @@ def _one(args) -> dict:
 
     training = objective in ("ce", "joint", "mse")
     precision = "float32" if options.get("reference") else options.get("precision", "auto")
-    use_amp = training and autocast_bf16(get_config("smoke", "gradresnet", precision=precision), dev)
+    train_config = get_config("smoke", "gradresnet", precision=precision)  # the precision rule and gradient clip
+    use_amp = training and autocast_bf16(train_config, dev)
     fast = (training and not options.get("reference") and not options.get("autograd")
             and use_second_order(objective, dev))
     loss_fn = {"ce": CrossEntropyLoss(), "joint": JointLoss(), "mse": DenoisingMSELoss()}.get(objective)
@@ -141,7 +142,7 @@ def _one(args) -> dict:
             return
         if training:  # the step cdn train runs
             train_step(run_net if objective == "mse" else model, loss_fn, opt, x, c, gen, use_amp=use_amp,
-                       fast_second_order=fast)
+                       fast_second_order=fast, grad_clip=train_config.grad_clip, params=net.parameters())
             return
         sigma = SigmaSampler()(batch, gen, dev)  # joint_func
         loss = func_loss(net, params, x, c, sigma, torch.randn(x.shape, generator=gen, device=dev))

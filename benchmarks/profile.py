@@ -40,7 +40,8 @@ def profile_step(arch: str = "gradresnet", width: int = 16, batch: int = 128, si
     fast = not reference and use_second_order("joint", dev)
 
     def step():
-        train_step(model, JointLoss(), opt, x, c, gen, use_amp=use_amp, fast_second_order=fast)
+        train_step(model, JointLoss(), opt, x, c, gen, use_amp=use_amp, fast_second_order=fast,
+                   grad_clip=config.grad_clip, params=net.parameters())
 
     step(), step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

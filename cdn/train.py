@@ -152,16 +152,16 @@ def train_step(target, loss_fn, optimizer: torch.optim.Optimizer, x: torch.Tenso
     """One optimisation step, the one every training loop runs (``train``, the Efficiency race, JEM's update
     through ``apply_update``, the benchmarks): set ``lr``; ``loss, terms = loss_fn(target, x, c, generator)``
     under bf16 autocast when ``use_amp``, with the closed-form second derivatives of
-    ``cdn.nets.second_order`` when ``fast_second_order``; ``check(loss)`` (which may raise, or return True to
-    skip the update); then ``apply_update`` (``params``: the parameters whose gradient norm is clipped, in the
+    ``cdn.nets.second_order`` when ``fast_second_order``; ``check(loss)``, which raises to stop before the
+    update (a non-finite loss); then ``apply_update`` (``params``: the parameters whose gradient norm is clipped, in the
     order of the sum, e.g. ``net.parameters()``). Returns ``(loss, terms)``."""
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp), second_order_layers(fast_second_order):
         loss, terms = loss_fn(target, x, c, generator)
-    if check is not None and check(loss):
-        return loss, terms
+    if check is not None:
+        check(loss)
     apply_update(loss, optimizer, grad_clip, params)
     return loss, terms
 
