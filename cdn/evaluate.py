@@ -16,7 +16,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from . import distributed
 from .data import ImageDataset
@@ -72,6 +71,9 @@ def classification_metrics(logp: torch.Tensor, labels: torch.Tensor, num_classes
     ``argmax = label``, the mean of ``-log p(label)``, and the expected calibration error of
     torchmetrics, ``sum_b (n_b / N) |acc_b - conf_b|`` over ``n_bins`` equal bins of the confidence
     ``max_c p(c)`` (chapters "Classification" and "Corruptions and calibration")."""
+    # imported here: torchmetrics takes longer to import than torch, and most users of cdn.evaluate never need it
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     logp = upcast(logp)  # float64 stays float64
     return {"accuracy": (logp.argmax(1) == labels).double().mean().item(), "nll": F.nll_loss(logp, labels).item(),
             "ece": multiclass_calibration_error(logp.exp(), labels, num_classes, n_bins=n_bins).item()}
@@ -118,11 +120,30 @@ def decomposed_denoisers(model: JointModel, num_classes: int) -> dict[str, Denoi
     """The denoisers that tell which part of a joint model denoises: ``D(y)``, ``y + sigma^2`` times the
     gradient of the class-independent energy alone (``"energy alone"``; ``y`` itself for a net without
     one) and of the features' ``logsumexp`` alone (``"features alone"``), and ``D(y, true c)``,
-    ``D(y, wrong c)`` (``JointModel.score_parts``: the two parts sum to the score)."""
-    return {"D(y)": lambda y, s, c: model.denoise(y, s), "energy alone": _part_denoiser(model, "energy"),
-            "features alone": _part_denoiser(model, "features"), **{k: v for k, v in
-                                                                    joint_denoisers(model, num_classes).items()
-                                                                    if k != "D(y)"}}
+    ``D(y, wrong c)`` (``JointModel.score_parts``: the two parts sum to the score); for an energy built from
+    the network's stage feature maps, also ``"stem energy alone"`` (``stem_energy_denoiser``)."""
+    out = {"D(y)": lambda y, s, c: model.denoise(y, s), "energy alone": _part_denoiser(model, "energy"),
+           "features alone": _part_denoiser(model, "features")}
+    net = model.net
+    if getattr(net, "head", None) in ("stage1energy", "stagesenergy") and getattr(net, "block", None) == "preact":
+        out["stem energy alone"] = stem_energy_denoiser(net)
+    out.update({k: v for k, v in joint_denoisers(model, num_classes).items() if k != "D(y)"})
+    return out
+
+
+def stem_energy_denoiser(net) -> Denoiser:
+    """The ablation that tells a stage energy from the shortcut it may fall back to: the energy of the
+    stage-1 head computed from the stem alone, ``-(d/2) log mean(stem(y)^2)`` (one 3x3 convolution of
+    ``y``, the part of ``h_1`` that skips every block), as a denoiser ``y + sigma^2 grad_y``. Where its
+    PSNR is that of the whole ``D(y)``, the blocks add nothing and the energy is the old shortcut."""
+    def denoise(y, sigma, c):
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
+            h = net.stem(y_in)
+            energy = -0.5 * y[0].numel() * torch.log(h.pow(2).flatten(1).mean(1) + 1e-8)
+            (g,) = torch.autograd.grad(energy.sum(), y_in)
+        return y + float(sigma) ** 2 * g
+    return denoise
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ import torch
 
 from .architecture import data_record
 from .checkpoint import atomic_write_text
-from .evaluate import Denoiser, decomposed_denoisers, psnr_vs_sigma, score_part_sizes
+from .evaluate import decomposed_denoisers, psnr_vs_sigma, score_part_sizes
 from .profiles import get_config
 from .report import device_description, git_commit
 
@@ -101,28 +101,11 @@ def measure(name: str, data_dir=None, device: str = "cpu", profile: str = "quick
         row["energy_source"] = ENERGY_SOURCE.get(head)
         sub = data.test.subset(DENOISE_IMAGES)
         denoisers = decomposed_denoisers(run.model, data.test.num_classes)
-        if head in ("stage1energy", "stagesenergy") and getattr(run.net, "block", None) == "preact":
-            denoisers["stem energy alone"] = stem_energy_denoiser(run.net)
         row["denoising"] = psnr_vs_sigma(denoisers, sub, SIGMAS, device=device)
         row["score_sizes"] = score_part_sizes(run.model, sub, SIGMAS, device=device)
         through = "D(y)" if head in ("stage1energy", "stagesenergy") else "features alone"
         row.update({f"network_psnr_{r['sigma']}": r[through] for r in row["denoising"]})
     return row
-
-
-def stem_energy_denoiser(net) -> Denoiser:
-    """The ablation that tells a stage energy from the shortcut it may fall back to: the energy of the
-    stage-1 head computed from the stem alone, ``-(d/2) log mean(stem(y)^2)`` (one 3x3 convolution of
-    ``y``, the part of ``h_1`` that skips every block), as a denoiser ``y + sigma^2 grad_y``. Where its
-    PSNR is that of the whole ``D(y)``, the blocks add nothing and the energy is the old shortcut."""
-    def denoise(y, sigma, c):
-        with torch.enable_grad():
-            y_in = y.detach().requires_grad_(True)
-            h = net.stem(y_in)
-            energy = -0.5 * y[0].numel() * torch.log(h.pow(2).flatten(1).mean(1) + 1e-8)
-            (g,) = torch.autograd.grad(energy.sum(), y_in)
-        return y + float(sigma) ** 2 * g
-    return denoise
 
 
 def _tail_mean(log: list[dict], key: str, last: int = 5) -> float | None:

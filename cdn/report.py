@@ -46,6 +46,7 @@ PUBLISHED_REFERENCES: tuple[dict, ...] = (
 MODEL_LABELS = {
     "gradresnet": "GradResNet (joint)",
     "gradresnet-cond": "GradResNet (joint, noise-conditioned)",
+    "gradresnet-logenergy": "GradResNet (joint, 3x3 log-energy: the shortcut)",
     "gradresnet-ce": "GradResNet (cross-entropy only)",
     "resnet18": "ResNet-18",
     "resnet18-noise": "ResNet-18 + noise augmentation",

@@ -224,9 +224,12 @@ def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert T.cpu_has_fast_bf16(amx) and T.cpu_has_fast_bf16(avx)
     assert not T.cpu_has_fast_bf16(plain) and not T.cpu_has_fast_bf16("no flags line at all")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # a head whose energy is one convolution of y (the score path stays float32 under autocast); the default
+    # joint model's stage-1 energy is float32 under 'auto' everywhere (tests/test_precision.py)
+    model = "gradresnet-logenergy"
     for has, expected in ((True, True), (False, False)):
         monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda cpuinfo=None, has=has: has)
-        assert T.autocast_bf16(get_config("smoke", "gradresnet"), cpu) is expected
-        assert T.autocast_bf16(get_config("smoke", "gradresnet", precision="float32"), cpu) is False
-        assert T.autocast_bf16(get_config("smoke", "gradresnet", precision="bf16"), cpu) is True
-        assert T.autocast_bf16(get_config("smoke", "gradresnet"), cuda) is True
+        assert T.autocast_bf16(get_config("smoke", model), cpu) is expected
+        assert T.autocast_bf16(get_config("smoke", model, precision="float32"), cpu) is False
+        assert T.autocast_bf16(get_config("smoke", model, precision="bf16"), cpu) is True
+        assert T.autocast_bf16(get_config("smoke", model), cuda) is True

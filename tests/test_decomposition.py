@@ -182,7 +182,7 @@ def test_the_search_table_reads_each_row_of_the_results_file(tmp_path):
 def test_the_stem_energy_ablation_is_the_stage1_energy_when_the_blocks_add_nothing():
     """With every block's last convolution at zero, a pre-activation stage passes its input through, so
     h_1 = stem(y) and the stem-alone denoiser is the stage-1 head's own D(y)."""
-    from cdn.joint_search import stem_energy_denoiser
+    from cdn.evaluate import stem_energy_denoiser
 
     model = _model("stage1energy")
     with torch.no_grad():

@@ -37,8 +37,10 @@ def _one_thread(monkeypatch):
     torch.set_num_threads(before)
 
 
-def _config(**kw):
-    return get_config("smoke", "gradresnet", "synthetic", **{**SETTINGS, **kw})
+def _config(model="gradresnet-logenergy", **kw):
+    """A joint model whose score path stays float32 under autocast (the 3x3 log-energy head), so that
+    ``precision='auto'`` can pick bf16 for it."""
+    return get_config("smoke", model, "synthetic", **{**SETTINGS, **kw})
 
 
 def _fake_bf16_unit(monkeypatch, has: bool) -> None:
@@ -88,6 +90,18 @@ def test_auto_with_a_bf16_unit_trains_in_bf16_within_rounding_of_float32(tmp_pat
     # another seed, float32: the scale of a different run (measured 17), far beyond rounding
     other = _train(_config(precision="float32", seed=1), tmp_path / "seed1")[1]
     assert _update_error(other, float32_run, init) > 4 * err
+
+
+def test_auto_trains_the_feature_energy_joint_model_in_float32_even_with_a_bf16_unit(monkeypatch):
+    """The default joint model's energy comes from its feature maps, whose score bf16 moves by 1-3%."""
+    _fake_bf16_unit(monkeypatch, True)
+    cpu = torch.device("cpu")
+    assert T.autocast_bf16(_config("gradresnet"), cpu) is False
+    assert T.autocast_bf16(_config("gradresnet"), torch.device("cuda")) is False
+    assert T.autocast_bf16(_config("gradresnet", precision="bf16"), cpu) is True  # asked for, given
+    assert T.autocast_bf16(_config("gradresnet-logenergy"), cpu) is True
+    _fake_bf16_unit(monkeypatch, False)
+    assert T.autocast_bf16(_config("gradresnet-logenergy"), cpu) is False
 
 
 def test_score_and_loss_under_bf16_autocast_stay_near_float32():
