@@ -27,7 +27,7 @@ from .baselines.jem import JEMTrainer
 from .checkpoint import atomic_write_text
 from .data import ImageDataset, epoch_permutation, fast_batch
 from .joint import JointModel
-from .profiles import CODE_VERSION, Config, get_config
+from .profiles import CODE_VERSION, JOINT_ARCH, Config, get_config
 from .runs import resolve_data, results_root, runs_root
 from .train import make_optimizer, default_device, make_loss, make_net, set_cpu_threads, train_step
 
@@ -121,8 +121,8 @@ def accuracy_vs_time(trainer, train: ImageDataset, test: ImageDataset, budget_s:
 #: large (chapter "Efficiency"): JEM also runs on the literal architecture without that term, and there
 #: with its own learning rate 1e-4 as well.
 RACE_MODELS: dict[str, tuple[str, str, float | None]] = {
-    "joint": ("joint", "gradresnet", None),
-    "jem": ("jem", "gradresnet", None),
+    "joint": ("joint", JOINT_ARCH, None),
+    "jem": ("jem", JOINT_ARCH, None),
     "jem-nologenergy": ("jem", "gradresnet-nologenergy", None),
     "jem-nologenergy-lr1e-4": ("jem", "gradresnet-nologenergy", 1e-4),
 }

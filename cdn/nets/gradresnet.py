@@ -18,9 +18,12 @@ and the heads ``linear`` (the literal classifier), ``logenergy`` (linear plus
 ``-(d/2) log mean(R(y)^2)``, our addition), ``quadratic`` (linear minus ``s mean(phi^2)/2``, the later
 network's energy) and ``logquad`` (linear minus ``(d/2) log mean(phi^2)``).
 
-``VARIANTS`` names each measured combination; ``gradresnet`` is the default chosen in chapter 10 by
-the rule stated there, and ``gradresnet-relu | -batchnorm | -noside | -nologenergy`` are one-switch
-ablations of that default."""
+``VARIANTS`` names each measured combination. The architecture ``gradresnet`` is the first default,
+chosen in chapter 10 by 300-step probes, and ``gradresnet-relu | -batchnorm | -noside | -nologenergy``
+are one-switch ablations of it. Its denoiser turned out to be its one-convolution log-energy alone (a
+shortcut), so the joint *model* ``gradresnet`` is now built on ``gradresnet-stage1energy``, the same
+network whose log-energy comes from the first stage's feature map (``cdn.profiles.JOINT_ARCH``, chosen
+at ten epochs by ``cdn.joint_search``); the architecture keeps its name so its runs keep their hashes."""
 from __future__ import annotations
 
 from .resnet import ResNet
