@@ -7,6 +7,7 @@
     cdn classify IMAGE --run RUN_DIR [--sigma 0]
     cdn export RUN_DIR [--to results/<profile>-<dataset>/<model>] [--max-file-mib 16] [--force]
     cdn book --profile quick [--chapter NAME ...] [--edition full|student] [--retrain]
+    cdn claims [--readme]
     cdn bench
 """
 from __future__ import annotations
@@ -227,6 +228,18 @@ def cmd_book(args) -> int:
     return 0
 
 
+def cmd_claims(args) -> int:
+    from .claims import markdown, write_readme
+    from .data import REPO_ROOT
+
+    if args.readme:
+        changed = write_readme(REPO_ROOT / "README.md")
+        print(f"README.md: the claims ledger {'rewritten' if changed else 'was already up to date'}")
+    else:
+        print(markdown(), end="")
+    return 0
+
+
 def cmd_bench(args) -> int:
     import runpy
 
@@ -309,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--retrain", action="store_true", help="ignore committed runs (results/): the chapters train "
                    "(or reuse from the runs root) every model they need")
     b.set_defaults(func=cmd_book)
+
+    cl = sub.add_parser("claims", help="the claims ledger: each claim of the paper, the committed evidence and a verdict")
+    cl.add_argument("--readme", action="store_true", help="rewrite the ledger in README.md instead of printing it")
+    cl.set_defaults(func=cmd_claims)
 
     be = sub.add_parser("bench", help="speed and memory benchmarks (see benchmarks/)")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmarks")

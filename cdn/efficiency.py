@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -128,6 +129,25 @@ RACE_MODELS: dict[str, tuple[str, str, float | None]] = {
 }
 
 
+def race_config(profile: str, seed: int = 0) -> Config:
+    """The joint model's configuration that the race of ``profile`` starts from (``EFFICIENCY_SETTINGS``)."""
+    s = EFFICIENCY_SETTINGS[profile]
+    return get_config(profile, "gradresnet", "cifar10", width=s["width"], batch_size=s["batch_size"],
+                      test_size=s["test_size"], lr=s["lr"], warmup_steps=s["warmup_steps"], seed=seed)
+
+
+def race_file(profile: str, name: str, seed: int = 0, device_type: str = "cpu", config: Config | None = None) -> Path:
+    """Where the race caches the curve of ``RACE_MODELS[name]``: ``<runs root>/efficiency/<profile>-<name>-<hash>.json``,
+    the hash of the race settings, the configuration (``race_config``, or ``config`` after the data resolved),
+    ``CODE_VERSION``, the device type and the model; a committed curve has the same name under
+    ``results/efficiency/``."""
+    kind, arch, lr = RACE_MODELS[name]
+    config = config or race_config(profile, seed)
+    key = json.dumps({"settings": EFFICIENCY_SETTINGS[profile], "config": config.key(), "code_version": CODE_VERSION,
+                      "device": device_type, "model": [kind, arch] + ([lr] if lr is not None else [])}, sort_keys=True)
+    return runs_root() / "efficiency" / f"{profile}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
+
+
 def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refresh: bool = False,
          models=tuple(RACE_MODELS)) -> dict:
     """Accuracy against training time of the ``models`` of ``RACE_MODELS`` with the settings of
@@ -146,18 +166,14 @@ def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refr
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cpu":
         set_cpu_threads()
-    config = get_config(profile, "gradresnet", "cifar10", width=s["width"], batch_size=s["batch_size"],
-                        test_size=s["test_size"], lr=s["lr"], warmup_steps=s["warmup_steps"], seed=seed)
-    data = resolve_data(config, data_dir)
+    data = resolve_data(race_config(profile, seed), data_dir)
     config = data.config
     result = {"settings": s, "profile": profile, "seed": seed, "data": data.source, "train_images": len(data.train),
               "test_images": len(data.test), "device": str(device), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "models": {}}
     for name in models:
         kind, arch, lr = RACE_MODELS[name]
-        key = json.dumps({"settings": s, "config": config.key(), "code_version": CODE_VERSION, "device": device.type,
-                          "model": [kind, arch] + ([lr] if lr is not None else [])}, sort_keys=True)
-        path = runs_root() / "efficiency" / f"{profile}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
+        path = race_file(profile, name, seed, device.type, config)
         cached = next((p for p in (results_root() / "efficiency" / path.name, path) if p.is_file()), None)
         if cached is not None and not refresh:
             result["models"][name] = dict(json.loads(cached.read_text()), committed=cached != path)

@@ -1,0 +1,278 @@
+"""The claims ledger: each claim of the paper, the committed evidence that bears on it, and a verdict by
+a rule written here, before any number is read (chapter "Results" and the README show it).
+
+Evidence is read only from what is committed under ``results/``: the committed run of a profile's own
+configuration of a model (``cdn.runs.find_committed``: a run trained under another configuration or
+code version is not evidence for this one) and its ``metrics.json``, and the committed accuracy-against-time
+curves of ``results/efficiency/``. Nothing here trains or evaluates on data. Verdicts:
+
+* ``supported``: the rule's numbers pass;
+* ``not supported``: they fail (the row says by how much);
+* ``not tested``: the evidence the rule needs is not committed for this profile (the row says what is
+  missing), so the ledger claims nothing.
+
+``ledger(profile)`` returns the rows; ``markdown(profiles)`` the table that the README holds between
+the lines ``<!-- claims:start -->`` and ``<!-- claims:end -->`` (``python -m cdn claims --readme``
+rewrites it; a test fails when the README and the committed results disagree).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .profiles import PROFILE_SETTINGS, get_config
+from .runs import find_committed, results_root
+
+#: the profiles whose committed runs the ledger reads (smoke and paper runs are not committed for CIFAR-10)
+LEDGER_PROFILES = ("quick", "cpu")
+#: "competitive" accuracy: within this many points of the reference classifier
+ACCURACY_POINTS = 2.0
+#: "joint helps over separate training": at least this many points above the separate model
+JOINT_GAIN_POINTS = 1.0
+#: "competitive" denoising: within this many dB of the denoise-only UNet at every noise level below
+PSNR_DB = 0.5
+DENOISE_SIGMAS = (0.05, 0.1, 0.2)
+#: "conditioning changes little": |PSNR of D(y, true c) - PSNR of D(y)| below this at every level
+CONDITIONAL_DB = 0.1
+#: the noise level of the robustness-to-noise claim
+NOISY_SIGMA = 0.2
+README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper: ``judge(profile, results)`` returns ``{"evidence", "verdict", "numbers"}``."""
+
+    key: str
+    text: str
+    chapter: str
+    rule: str
+    judge: Callable[[str, Path], dict]
+
+
+def committed_metrics(profile: str, model: str, results: Path) -> tuple[dict | None, str]:
+    """``(metrics, run name)`` of the committed run of ``get_config(profile, model)``, or ``(None, why)``."""
+    if "cifar10" not in PROFILE_SETTINGS.get(profile, {}):
+        return None, f"the {profile} profile has no CIFAR-10 settings"
+    config = get_config(profile, model, "cifar10")
+    with contextlib.redirect_stdout(io.StringIO()):  # find_committed says why another configuration's run is not used
+        run_dir = find_committed(config, results)
+    if run_dir is None:
+        return None, f"no committed {model} run of the {profile} profile's configuration ({config.run_name()})"
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None, f"the committed {model} run has no metrics.json"
+    return json.loads(path.read_text()), config.run_name()
+
+
+def accuracy(metrics: dict, sigma: float = 0.0) -> float | None:
+    """The accuracy of ``metrics["classification"]`` at noise level ``sigma`` (None if not measured)."""
+    rows = [r for r in metrics.get("classification") or [] if abs(r["sigma"] - sigma) < 1e-9]
+    return rows[0]["accuracy"] if rows else None
+
+
+def psnr(metrics: dict, sigma: float, key: str = "D(y)") -> float | None:
+    """The PSNR (dB) of ``key`` (``"D(y)"``, ``"D(y,c)"``, ``"noisy"``) at ``sigma`` in ``metrics["denoising"]``."""
+    rows = [r for r in metrics.get("denoising") or [] if abs(r["sigma"] - sigma) < 1e-9 and key in r]
+    return rows[0][key] if rows else None
+
+
+def _missing(*whys: str) -> dict:
+    return {"evidence": "; ".join(whys), "verdict": "not tested", "numbers": {}, "runs": []}
+
+
+def _gather(profile: str, results: Path, models) -> tuple[dict, list[str]]:
+    """``({model: metrics}, [why missing])``; each metrics dict also holds its run name under ``"run"``."""
+    found, missing = {}, []
+    for m in models:
+        metrics, why = committed_metrics(profile, m, results)
+        if metrics is None:
+            missing.append(why)
+        else:
+            found[m] = dict(metrics, run=why)
+    return found, missing
+
+
+def judge_classification(profile: str, results: Path) -> dict:
+    """Clean accuracy of the joint model against the discriminative ResNet-18 at the same profile:
+    supported when ``acc(joint) >= acc(resnet18) - ACCURACY_POINTS``."""
+    found, missing = _gather(profile, results, ("gradresnet", "resnet18"))
+    if missing:
+        return _missing(*missing)
+    a, b = accuracy(found["gradresnet"]), accuracy(found["resnet18"])
+    if None in (a, b):
+        return _missing("the clean accuracy is not in every metrics.json")
+    gap = 100 * (a - b)
+    return {"evidence": f"clean accuracy {100 * a:.1f}% (joint) against {100 * b:.1f}% (ResNet-18): {gap:+.1f} points",
+            "verdict": "supported" if gap >= -ACCURACY_POINTS else "not supported",
+            "numbers": {"joint": a, "resnet18": b}, "runs": [m["run"] for m in found.values()]}
+
+
+def judge_joint_vs_separate(profile: str, results: Path) -> dict:
+    """Clean accuracy of the joint model against the same network trained on cross-entropy alone on the
+    same noisy images (the baseline that removes the noise-augmentation confound): supported when
+    ``acc(joint) >= acc(ce_noisy) + JOINT_GAIN_POINTS``."""
+    found, missing = _gather(profile, results, ("gradresnet", "gradresnet-ce-noisy"))
+    if missing:
+        return _missing(*missing)
+    a, b = accuracy(found["gradresnet"]), accuracy(found["gradresnet-ce-noisy"])
+    if None in (a, b):
+        return _missing("the clean accuracy is not in every metrics.json")
+    gap = 100 * (a - b)
+    return {"evidence": f"clean accuracy {100 * a:.1f}% (joint) against {100 * b:.1f}% (cross-entropy on the same "
+                        f"noisy images): {gap:+.1f} points",
+            "verdict": "supported" if gap >= JOINT_GAIN_POINTS else "not supported",
+            "numbers": {"joint": a, "gradresnet-ce-noisy": b}, "runs": [m["run"] for m in found.values()]}
+
+
+def judge_noise_robustness(profile: str, results: Path) -> dict:
+    """Accuracy at ``sigma = NOISY_SIGMA`` of the joint model against the ResNet-18 trained on clean images
+    (the paper's comparison) and against the ResNet-18 trained with noise augmentation: supported when it
+    beats the first and trails the second by at most ``ACCURACY_POINTS`` (otherwise noise augmentation
+    alone does as well)."""
+    found, missing = _gather(profile, results, ("gradresnet", "resnet18", "resnet18-noise"))
+    if missing:
+        return _missing(*missing)
+    a, b, n = (accuracy(found[m], NOISY_SIGMA) for m in ("gradresnet", "resnet18", "resnet18-noise"))
+    if None in (a, b, n):
+        return _missing(f"accuracy at sigma={NOISY_SIGMA} is not in every metrics.json")
+    ok = a > b and 100 * (a - n) >= -ACCURACY_POINTS
+    return {"evidence": f"accuracy at σ={NOISY_SIGMA:g}: {100 * a:.1f}% (joint), {100 * b:.1f}% (ResNet-18), "
+                        f"{100 * n:.1f}% (ResNet-18 with noise augmentation)",
+            "verdict": "supported" if ok else "not supported",
+            "numbers": {"joint": a, "resnet18": b, "resnet18-noise": n},
+            "runs": [m["run"] for m in found.values()]}
+
+
+def judge_denoising(profile: str, results: Path) -> dict:
+    """PSNR of the joint model's ``D(y)`` against the denoise-only UNet of the same profile at
+    ``DENOISE_SIGMAS``: supported when it is within ``PSNR_DB`` (or above) at every level."""
+    found, missing = _gather(profile, results, ("gradresnet", "unet"))
+    if missing:
+        return _missing(*missing)
+    values = {s: (psnr(found["gradresnet"], s), psnr(found["unet"], s)) for s in DENOISE_SIGMAS}
+    if any(None in v for v in values.values()):
+        return _missing("D(y) is not measured at every σ of the rule in both metrics.json")
+    gaps = {s: a - b for s, (a, b) in values.items()}
+    return {"evidence": "D(y) minus UNet: " + ", ".join(f"{g:+.2f} dB at σ={s:g}" for s, g in gaps.items()),
+            "verdict": "supported" if all(g >= -PSNR_DB for g in gaps.values()) else "not supported",
+            "numbers": {f"gap_{s:g}": g for s, g in gaps.items()},
+            "runs": [m["run"] for m in found.values()]}
+
+
+def judge_conditional(profile: str, results: Path) -> dict:
+    """PSNR of ``D(y, true c)`` against ``D(y)`` of the joint model at ``DENOISE_SIGMAS`` (the paper:
+    conditioning on the class changes little): supported when they differ by less than
+    ``CONDITIONAL_DB`` at every level."""
+    found, missing = _gather(profile, results, ("gradresnet",))
+    if missing:
+        return _missing(*missing)
+    m = found["gradresnet"]
+    values = {s: (psnr(m, s, "D(y,c)"), psnr(m, s)) for s in DENOISE_SIGMAS}
+    if any(None in v for v in values.values()):
+        return _missing("D(y, c) is not measured at every σ of the rule")
+    diffs = {s: a - b for s, (a, b) in values.items()}
+    return {"evidence": "D(y, c) minus D(y): " + ", ".join(f"{d:+.3f} dB at σ={s:g}" for s, d in diffs.items()),
+            "verdict": "supported" if all(abs(d) < CONDITIONAL_DB for d in diffs.values()) else "not supported",
+            "numbers": {f"diff_{s:g}": d for s, d in diffs.items()},
+            "runs": [m["run"] for m in found.values()]}
+
+
+def judge_efficiency(profile: str, results: Path) -> dict:
+    """Accuracy at the end of equal wall-clock budgets (``cdn.efficiency.race``, committed curves) of the
+    joint model against the best JEM run: supported when the joint model's is higher."""
+    from .efficiency import EFFICIENCY_SETTINGS, race_file
+
+    if profile not in EFFICIENCY_SETTINGS:
+        return _missing(f"the race has no settings for the {profile} profile (chapter 05 shows the quick race)")
+    curves = {}
+    for name in ("joint", "jem", "jem-nologenergy", "jem-nologenergy-lr1e-4"):
+        path = results_root(results) / "efficiency" / race_file(profile, name).name
+        if path.is_file():
+            curves[name] = json.loads(path.read_text())
+    if "joint" not in curves or len(curves) < 2:
+        return _missing(f"no committed race of the joint model and JEM for the {profile} profile")
+    final = {k: v["curve"][-1]["accuracy"] for k, v in curves.items()}
+    best_jem = max((k for k in final if k != "joint"), key=final.get)
+    budget = EFFICIENCY_SETTINGS[profile]["budget_s"]
+    return {"evidence": f"after {budget:.0f} s of training: {100 * final['joint']:.1f}% (joint, "
+                        f"{curves['joint']['steps']} updates) against {100 * final[best_jem]:.1f}% (best JEM run, "
+                        f"{best_jem}, {curves[best_jem]['steps']} updates)",
+            "verdict": "supported" if final["joint"] > final[best_jem] else "not supported",
+            "numbers": {"joint": final["joint"], best_jem: final[best_jem]},
+            "runs": [f"results/efficiency/{race_file(profile, k).name}" for k in curves]}
+
+
+CLAIMS = (
+    Claim("classification", "Classifies CIFAR-10 competitively with a discriminative ResNet-18", "02_classification",
+          f"clean accuracy at most {ACCURACY_POINTS:g} points below ResNet-18's, same profile", judge_classification),
+    Claim("joint_vs_separate", "Joint training classifies better than separate (cross-entropy only) training",
+          "10_gradresnet", f"at least {JOINT_GAIN_POINTS:g} point above cross-entropy on the same noisy images",
+          judge_joint_vs_separate),
+    Claim("noise_robustness", "Classification degrades less with noise than a discriminative classifier's",
+          "02_classification", f"at σ={NOISY_SIGMA:g}: above ResNet-18, and at most {ACCURACY_POINTS:g} points below "
+          "ResNet-18 with noise augmentation", judge_noise_robustness),
+    Claim("denoising", "Denoises competitively with a denoiser trained for denoising alone", "03_denoising",
+          f"D(y) at most {PSNR_DB:g} dB below the UNet at σ = " + ", ".join(f"{s:g}" for s in DENOISE_SIGMAS),
+          judge_denoising),
+    Claim("conditional", "Conditioning the denoiser on the class changes little", "03_denoising",
+          f"PSNR of D(y, c) within {CONDITIONAL_DB:g} dB of D(y)'s at every σ", judge_conditional),
+    Claim("efficiency", "Trains more efficiently than earlier joint models (JEM)", "05_efficiency",
+          "higher accuracy than the best JEM run after the same seconds of training", judge_efficiency),
+)
+
+
+def ledger(profile: str, results: str | Path | None = None) -> list[dict]:
+    """One row per claim of ``CLAIMS`` for ``profile``: ``{"claim", "key", "profile", "chapter", "rule",
+    "evidence", "verdict", "numbers"}``."""
+    root = results_root(results)
+    return [{"claim": c.text, "key": c.key, "profile": profile, "chapter": c.chapter, "rule": c.rule, "runs": [],
+             **c.judge(profile, root)} for c in CLAIMS]
+
+
+def markdown(profiles=LEDGER_PROFILES, results: str | Path | None = None) -> str:
+    """The ledger of ``profiles`` as one markdown table (claim, rule, then evidence and verdict per profile)."""
+    rows = {p: ledger(p, results) for p in profiles}
+    head = "| claim (chapter) | rule | " + " | ".join(f"{p}: evidence | {p}: verdict" for p in profiles) + " |"
+    sep = "|" + "---|" * (2 + 2 * len(profiles))
+    lines = [head, sep]
+    for i, c in enumerate(CLAIMS):
+        cells = [f"{c.text} ({c.chapter})", c.rule]
+        for p in profiles:
+            r = rows[p][i]
+            cells += [r["evidence"], f"**{r['verdict']}**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for p in profiles:
+        used = sorted({r for row in rows[p] for r in row["runs"]})
+        lines.append(f"Runs read, {p} profile: " + (", ".join(f"`{r}`" for r in used) if used else "none") + ".")
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(readme: str) -> str:
+    """The ledger part of the README's text (between ``README_START`` and ``README_END``)."""
+    if README_START not in readme or README_END not in readme:
+        raise ValueError(f"the README has no ledger block: expected the lines {README_START} and {README_END}")
+    return readme.split(README_START, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
+
+
+def write_readme(readme_path: str | Path, results: str | Path | None = None) -> bool:
+    """Rewrite the ledger block of ``readme_path`` from the committed results; True when it changed."""
+    path = Path(readme_path)
+    text = path.read_text()
+    old = readme_block(text)
+    new = markdown(results=results)
+    if old == new:
+        return False
+    before, rest = text.split(README_START, 1)
+    after = rest.split(README_END, 1)[1]
+    path.write_text(f"{before}{README_START}\n{new}{README_END}{after}")
+    return True
+
+
+__all__ = ["CLAIMS", "Claim", "LEDGER_PROFILES", "accuracy", "committed_metrics", "ledger", "markdown", "psnr",
+           "readme_block", "write_readme"]

@@ -1,0 +1,104 @@
+"""The claims ledger (cdn.claims): its rules on committed runs whose numbers are known by construction,
+and the README's table against the committed results of this repository."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cdn import claims
+from cdn.data import REPO_ROOT
+from cdn.profiles import get_config
+from cdn.runs import MANIFEST, MANIFEST_FORMAT, sha256_file
+
+
+def _commit(results, model, metrics, profile="quick", **changes):
+    """A committed run of ``get_config(profile, model, **changes)`` holding only config.json and ``metrics``."""
+    config = get_config(profile, model, "cifar10", **changes)
+    default = not changes
+    run_dir = results / f"{profile}-cifar10" / (model if default else f"{model}-{config.key()}")
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    files = {n: sha256_file(run_dir / n) for n in ("config.json", "metrics.json")}
+    (run_dir / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT, "run": config.run_name(), "files": files}))
+    return config.run_name()
+
+
+def _classifier(acc0, acc02=None):
+    rows = [{"sigma": 0.0, "accuracy": acc0}] + ([{"sigma": 0.2, "accuracy": acc02}] if acc02 is not None else [])
+    return {"classification": rows}
+
+
+def _denoiser(psnrs, conditional=None):
+    return {"denoising": [{"sigma": s, "noisy": 0.0, "D(y)": p, **({"D(y,c)": p + conditional} if conditional is not None else {})}
+                          for s, p in zip(claims.DENOISE_SIGMAS, psnrs)]}
+
+
+def _row(results, key, profile="quick"):
+    return next(r for r in claims.ledger(profile, results) if r["key"] == key)
+
+
+def test_classification_is_supported_within_the_stated_points_only(tmp_path):
+    _commit(tmp_path, "gradresnet", _classifier(0.80))
+    _commit(tmp_path, "resnet18", _classifier(0.81))
+    row = _row(tmp_path, "classification")
+    assert row["verdict"] == "supported" and row["numbers"] == {"joint": 0.80, "resnet18": 0.81}
+    assert row["runs"] == [get_config("quick", m).run_name() for m in ("gradresnet", "resnet18")]
+    other = tmp_path / "other"
+    _commit(other, "gradresnet", _classifier(0.78))
+    _commit(other, "resnet18", _classifier(0.81))
+    row = _row(other, "classification")
+    assert row["verdict"] == "not supported" and "-3.0 points" in row["evidence"]
+
+
+def test_a_missing_or_stale_run_is_not_tested_and_named(tmp_path):
+    _commit(tmp_path, "gradresnet", _classifier(0.80))
+    row = _row(tmp_path, "classification")
+    assert row["verdict"] == "not tested" and get_config("quick", "resnet18").run_name() in row["evidence"]
+    # a run of another configuration of the model (here: fewer steps) is not evidence for the profile's own
+    _commit(tmp_path, "resnet18", _classifier(0.50), steps=10)
+    assert _row(tmp_path, "classification")["verdict"] == "not tested"
+
+
+def test_joint_against_separate_needs_the_stated_gain(tmp_path):
+    _commit(tmp_path, "gradresnet", _classifier(0.755))
+    _commit(tmp_path, "gradresnet-ce-noisy", _classifier(0.756))
+    assert _row(tmp_path, "joint_vs_separate")["verdict"] == "not supported"
+    other = tmp_path / "other"
+    _commit(other, "gradresnet", _classifier(0.77))
+    _commit(other, "gradresnet-ce-noisy", _classifier(0.755))
+    assert _row(other, "joint_vs_separate")["verdict"] == "supported"
+
+
+def test_noise_robustness_must_also_hold_against_noise_augmentation(tmp_path):
+    _commit(tmp_path, "gradresnet", _classifier(0.75, 0.68))
+    _commit(tmp_path, "resnet18", _classifier(0.83, 0.27))
+    _commit(tmp_path, "resnet18-noise", _classifier(0.76, 0.72))
+    row = _row(tmp_path, "noise_robustness")
+    assert row["verdict"] == "not supported"  # above ResNet-18, but 4 points below the noise-augmented one
+    assert row["numbers"] == {"joint": 0.68, "resnet18": 0.27, "resnet18-noise": 0.72}
+
+
+def test_denoising_and_conditional_rules(tmp_path):
+    _commit(tmp_path, "gradresnet", _denoiser((31.4, 26.6, 21.9), conditional=0.004))
+    _commit(tmp_path, "unet", _denoiser((31.8, 27.0, 22.3)))
+    row = _row(tmp_path, "denoising")
+    assert row["verdict"] == "supported" and row["numbers"]["gap_0.1"] == pytest.approx(-0.4)
+    assert _row(tmp_path, "conditional")["verdict"] == "supported"
+    other = tmp_path / "other"
+    _commit(other, "gradresnet", _denoiser((30.7, 26.1, 21.7), conditional=0.2))
+    _commit(other, "unet", _denoiser((31.8, 27.0, 22.3)))
+    assert _row(other, "denoising")["verdict"] == "not supported"
+    assert _row(other, "conditional")["verdict"] == "not supported"
+
+
+def test_the_readme_ledger_is_the_one_the_committed_results_give():
+    """Fails when a committed result changed and the README was not regenerated (python -m cdn claims --readme)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert claims.readme_block(readme) == claims.markdown(), "run: python -m cdn claims --readme"
+
+
+def test_a_readme_without_the_block_is_a_clear_error():
+    with pytest.raises(ValueError, match="claims:start"):
+        claims.readme_block("# no ledger here\n")
