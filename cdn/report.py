@@ -21,8 +21,8 @@ import torch
 
 from .checkpoint import atomic_write_text
 from .data import REPO_ROOT, cache_dir
-from .profiles import get_config, runs_profile
-from .runs import Data, Run, get_or_train, load_run, portable_source, resolve_data, results_root
+from .profiles import PROFILE_SETTINGS, get_config, runs_profile
+from .runs import Data, Run, find_committed, get_or_train, load_run, portable_source, resolve_data, results_root
 
 #: Published CIFAR-10 test accuracies the results chapter sets beside ours. They are literature
 #: values (not produced by this project) and are always shown with their source.
@@ -539,7 +539,9 @@ def committed_runs(profile: str, dataset: str, models, results_dir: str | Path |
     """The committed runs of ``models`` in ``results/<profile>-<dataset>/`` (``cdn.runs.export_run``),
     each verified against its manifest (``cdn.runs.verify_committed``: a changed file is a
     ``CheckpointError``) and loaded on the CPU, as ``{model: CommittedModelRun}`` in the order given;
-    models without a committed run are left out (an empty dict when none is committed). The tables of
+    models without a committed run, or whose committed run is of another configuration than the profile's own
+    (``cdn.runs.find_committed``: trained before the profile changed), are left out (an empty dict when none is
+    committed). The tables of
     this module take them like ``chapter_runs``'s (chapter "Results", the ``cpu`` column)."""
     folder = results_root(results_dir) / f"{profile}-{dataset}"
     out: dict[str, CommittedModelRun] = {}
@@ -547,6 +549,10 @@ def committed_runs(profile: str, dataset: str, models, results_dir: str | Path |
         run_dir = folder / model
         if not (run_dir / "manifest.json").is_file():
             continue
+        if dataset in PROFILE_SETTINGS.get(profile, {}):
+            # only the run of the profile's own configuration (not one trained before the profile changed)
+            if find_committed(get_config(profile, model, dataset), results_dir) is None:
+                continue
         run = load_run(run_dir, "cpu")  # verifies every sha256 first
         if not (run_dir / "metrics.json").is_file():
             raise FileNotFoundError(f"committed run {run_dir} has no metrics.json (export it from a run that "
