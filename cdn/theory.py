@@ -442,15 +442,16 @@ __all__ = ["GaussianProblem", "JacobianResult", "MixtureMLP", "compare_estimator
 THEORY_SETTINGS = {
     "smoke": dict(mixture_steps=150, grid=11, n_eval=500, jac_crop=16, jac_sigmas=(0.1,), jac_full=None,
                   jac_images=1, ll_images=4, gd_ns=(20, 100, 1000), gd_reps=4, gd_test=5000, fisher_mc=20_000,
-                  ablation_overrides={}, ablation_models=("gradresnet", "gradresnet-relu"), timing_repeats=1,
+                  ablation_overrides={}, ablation_models=("gradresnet-logenergy", "gradresnet-relu"), timing_repeats=1,
                   blind_dims=(2, 32, 512), blind_n=50),
     "quick": dict(mixture_steps=2000, grid=13, n_eval=4000, jac_crop=16, jac_sigmas=(0.02, 0.05, 0.1, 0.2, 0.4),
                   jac_full=32, jac_images=2, ll_images=32, gd_ns=(20, 50, 100, 300, 1000, 3000), gd_reps=100,
                   gd_test=50_000, fisher_mc=400_000,
                   # the GradResNet ablation trains five models: a shortened schedule on the 2-core machine
                   ablation_overrides=dict(steps=100, warmup_steps=10, test_size=500, checkpoint_every=50),
-                  ablation_models=("gradresnet", "gradresnet-relu", "gradresnet-batchnorm", "gradresnet-noside",
-                                   "gradresnet-nologenergy"),
+                  # one-switch ablations of the architecture they were built from (the 3x3 log-energy head)
+                  ablation_models=("gradresnet-logenergy", "gradresnet-relu", "gradresnet-batchnorm",
+                                   "gradresnet-noside", "gradresnet-nologenergy"),
                   timing_repeats=3, blind_dims=(2, 8, 32, 128, 512, 3072), blind_n=300),
 }
 THEORY_SETTINGS["paper"] = dict(THEORY_SETTINGS["quick"], ablation_overrides={})
