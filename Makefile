@@ -61,10 +61,11 @@ test-fast: setup
 
 # execute every chapter with papermill in PROFILE (smoke | quick | cpu | paper) and build the HTML of
 # EDITION (full | student); committed runs (results/<profile>-<dataset>/) are used when their hash
-# matches; RETRAIN=1 trains anyway
+# matches; RETRAIN=1 trains anyway; JOBS=2 executes two chapters at a time (one thread each)
 RETRAIN ?=
+JOBS ?=
 book: setup
-	$(PY) -m cdn book --profile $(PROFILE) --edition $(EDITION) $(if $(RETRAIN),--retrain)
+	$(PY) -m cdn book --profile $(PROFILE) --edition $(EDITION) $(if $(RETRAIN),--retrain) $(if $(JOBS),--jobs $(JOBS))
 	@echo "open book/_build/$(if $(filter student,$(EDITION)),html-student,html)/index.html"
 
 bench: setup

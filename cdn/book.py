@@ -536,8 +536,44 @@ def build_html(build_dir: str | Path | None = None, chapters: list[str] | None =
 
 # ----------------------------------------------------------------------------------- book --
 
+def _execute_in_worker(chapter: str, profile: str, data_dir, seed: int, build_dir: str) -> tuple[str, dict]:
+    """``execute_chapter`` in a worker process of ``build_book(jobs > 1)``: ``("ok", record)``, or
+    ``("error", the ChapterError's fields)`` (re-raised by the parent: the exception itself is not sent
+    between processes). One thread per worker, inherited by its kernel, so that the jobs share the cores."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        return "ok", execute_chapter(chapter, profile, data_dir, seed, build_dir)
+    except ChapterError as err:
+        return "error", {"chapter": err.chapter, "message": str(err), "cell_index": err.cell_index,
+                         "ename": err.ename, "evalue": err.evalue, "notebook": err.notebook}
+
+
+def _execute_all(chapters: list[str], profile: str, data_dir, seed: int, build_dir: Path, jobs: int):
+    """Yield ``(chapter, record)`` for ``chapters`` in order, executing ``jobs`` of them at a time (one
+    process each); the first ``ChapterError`` is raised in the order of the chapters."""
+    if jobs <= 1 or len(chapters) <= 1:
+        for chapter in chapters:
+            print(f"[book] {chapter}: executing (profile {profile}) ...", flush=True)
+            yield chapter, execute_chapter(chapter, profile, data_dir, seed, build_dir)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    install_kernel(build_dir / "jupyter")  # once, before the workers share it
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_execute_in_worker, c, profile, data_dir, seed, str(build_dir)) for c in chapters]
+        print(f"[book] executing {len(chapters)} chapters, {jobs} at a time (profile {profile}) ...", flush=True)
+        for chapter, future in zip(chapters, futures):
+            status, out = future.result()
+            if status == "error":
+                for f in futures:
+                    f.cancel()
+                raise ChapterError(**out)
+            yield chapter, out
+
+
 def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int = 0,
-               build_dir: str | Path | None = None, edition: str = "full") -> Path:
+               build_dir: str | Path | None = None, edition: str = "full", jobs: int = 1) -> Path:
     """Execute the book's chapters in ``profile`` and render the HTML of ``edition``; return the HTML
     folder (``book/_build/html`` by default, ``book/_build/html-student`` for the student edition;
     open ``index.html``).
@@ -553,6 +589,10 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
     see ``build_html``). With ``chapters=None`` the student edition reuses every fresh executed
     chapter (the solutions run in the full build all the same, so the executed notebooks are shared)
     and executes only the stale or missing ones.
+
+    ``jobs``: how many chapters execute at once, each in its own process with one thread (default 1:
+    one at a time, with every thread). Chapters that need the same run wait for each other (the run
+    lock of ``cdn.train``); the record and the timings are the same either way.
     """
     check_edition(edition)
     if profile not in PROFILES:
@@ -586,6 +626,9 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
         tmp.write_text(json.dumps(timings, indent=1))
         os.replace(tmp, timings_path)
 
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    to_execute = []
     for chapter in all_chapters:
         if chapter not in wanted:
             fresh, why = _is_fresh(executed_record(chapter, build_dir), chapter, profile, data_dir, seed)
@@ -597,17 +640,19 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
                 continue
             reason = "not asked for, but its executed copy is stale" if chapters is not None else "no fresh executed copy"
             print(f"[book] {chapter}: {reason} ({why}): executing", flush=True)
-        print(f"[book] {chapter}: executing (profile {profile}) ...", flush=True)
-        try:
-            meta = execute_chapter(chapter, profile, data_dir, seed, build_dir)
-        except ChapterError:
-            timings["chapters"][chapter] = {"seconds": None, "failed": True}
-            timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
+        to_execute.append(chapter)
+    try:
+        for chapter, meta in _execute_all(to_execute, profile, data_dir, seed, build_dir, jobs):
+            timings["chapters"][chapter] = {"seconds": meta["wall_s"], "reused": False,
+                                            "executed_at": meta["executed_at"]}
             write_timings()
-            raise
-        timings["chapters"][chapter] = {"seconds": meta["wall_s"], "reused": False, "executed_at": meta["executed_at"]}
+            print(f"[book] {chapter}: done in {meta['wall_s']:.1f} s", flush=True)
+    except ChapterError as err:
+        timings["chapters"][err.chapter] = {"seconds": None, "failed": True}
+        timings["total_seconds"] = round(time.perf_counter() - t_start, 2)
         write_timings()
-        print(f"[book] {chapter}: done in {meta['wall_s']:.1f} s", flush=True)
+        raise
+    timings["chapters"] = {c: timings["chapters"][c] for c in all_chapters if c in timings["chapters"]}
     t_html = time.perf_counter()
     print(f"[book] rendering the {edition} edition's HTML with Jupyter Book ...", flush=True)
     html = build_html(build_dir, all_chapters, edition)

@@ -218,7 +218,7 @@ def cmd_book(args) -> int:
         os.environ["CDN_RETRAIN"] = "1"
     try:
         path = build_book(args.profile, args.chapter, args.data_dir, args.seed, build_dir=args.build_dir,
-                          edition=args.edition)
+                          edition=args.edition, jobs=args.jobs)
     finally:
         if old is None:
             os.environ.pop("CDN_RETRAIN", None)
@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "student (no solution; HTML in <build-dir>/html-student, from the executed chapters when fresh)")
     b.add_argument("--retrain", action="store_true", help="ignore committed runs (results/): the chapters train "
                    "(or reuse from the runs root) every model they need")
+    b.add_argument("--jobs", type=int, default=1, help="chapters executed at once, one process and one thread "
+                   "each (default 1: one at a time with every thread)")
     b.set_defaults(func=cmd_book)
 
     cl = sub.add_parser("claims", help="the claims ledger: each claim of the paper, the committed evidence and a verdict")

@@ -143,12 +143,13 @@ def _chromium_run(page: Path, tmp: Path, *action: str) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
-    """The whole book built in the smoke profile, with runs trained from scratch in a temp folder."""
+    """The whole book built in the smoke profile, with runs trained from scratch in a temp folder, two
+    chapters at a time (``jobs=2``: the chapters share runs through the run lock)."""
     build = tmp_path_factory.mktemp("book-build")
     runs = tmp_path_factory.mktemp("book-runs")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CDN_RUNS", str(runs))  # inherited by the chapters' kernels
-        html = book.build_book("smoke", build_dir=build)
+        html = book.build_book("smoke", build_dir=build, jobs=2)
     return build, html
 
 
@@ -487,3 +488,22 @@ def test_bad_arguments_are_refused(tmp_path):
         book.build_book("smoke", data_dir=tmp_path / "missing", build_dir=tmp_path)
     with pytest.raises(ValueError, match="chapter 'nope' is unknown"):
         book.build_book("smoke", chapters=["nope"], build_dir=tmp_path)
+
+
+def test_a_failing_chapter_in_a_worker_comes_back_as_the_same_error(monkeypatch, tmp_path):
+    """build_book(jobs > 1) runs chapters in worker processes; a ChapterError there is sent back as its
+    fields and raised again by the parent with the same chapter, cell and message."""
+    def failing(chapter, *args):
+        raise book.ChapterError(chapter, f"chapter {chapter!r} failed in cell 3", 3, "RuntimeError", "boom",
+                                tmp_path / "x.failed.ipynb")
+
+    monkeypatch.setattr(book, "execute_chapter", failing)
+    # the worker sets OMP_NUM_THREADS=1 for its kernels; this test runs it in the test process, so restore it
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    status, out = book._execute_in_worker("01_beta", "smoke", None, 0, str(tmp_path))
+    assert status == "error"
+    err = book.ChapterError(**out)
+    assert (err.chapter, err.cell_index, err.ename, err.evalue) == ("01_beta", 3, "RuntimeError", "boom")
+    assert str(err) == "chapter '01_beta' failed in cell 3" and err.notebook == tmp_path / "x.failed.ipynb"
+    with pytest.raises(ValueError, match="jobs"):
+        book.build_book("smoke", build_dir=tmp_path, jobs=0)
