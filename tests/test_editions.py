@@ -45,15 +45,15 @@ def test_unknown_edition_is_refused_naming_the_choices(tmp_path, capsys):
 def test_cli_passes_the_edition(monkeypatch):
     seen = {}
 
-    def fake_build_book(profile, chapters, data_dir, seed, build_dir=None, edition="full"):
-        seen.update(profile=profile, edition=edition)
+    def fake_build_book(profile, chapters, data_dir, seed, build_dir=None, edition="full", jobs=1):
+        seen.update(profile=profile, edition=edition, jobs=jobs)
         return "somewhere"
 
     monkeypatch.setattr(book, "build_book", fake_build_book)
     assert main(["book", "--profile", "smoke", "--edition", "student"]) == 0
-    assert seen == {"profile": "smoke", "edition": "student"}
-    assert main(["book", "--profile", "smoke"]) == 0
-    assert seen["edition"] == "full"
+    assert seen == {"profile": "smoke", "edition": "student", "jobs": 1}
+    assert main(["book", "--profile", "smoke", "--jobs", "2"]) == 0
+    assert seen["edition"] == "full" and seen["jobs"] == 2
 
 
 # ------------------------------------------------------------------------ the stripper --
