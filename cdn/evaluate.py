@@ -171,17 +171,6 @@ def score_part_sizes(model: JointModel, data: ImageDataset, sigmas=DENOISE_SIGMA
     return rows
 
 
-def euler_residual(denoise: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, h: float = 1e-4) -> torch.Tensor:
-    """Per image, how far a denoiser is from ``D(y) = J(y) y``: ``||D(y) - J(y) y|| / ||D(y) - y||``, with
-    ``J(y) y = d/dt D(t y)`` at ``t = 1`` by central differences, ``(D((1 + h) y) - D((1 - h) y)) / (2 h)``.
-    Zero for a denoiser homogeneous of degree 1 (``D(t y) = t D(y)``, as every bias-free network with
-    homogeneous activations is: Euler's theorem, Mohan et al. 2020); run it in float64 so that the difference
-    quotient is exact to about ``h^2``."""
-    d = denoise(y)
-    jy = (denoise((1 + h) * y) - denoise((1 - h) * y)) / (2 * h)
-    return ((d - jy).flatten(1).norm(dim=1) / (d - y).flatten(1).norm(dim=1)).detach()
-
-
 def psnr_vs_sigma(denoisers: dict[str, Denoiser], data: ImageDataset, sigmas=DENOISE_SIGMAS, batch_size: int = 250,
                   seed: int = 0, device=None) -> list[dict]:
     """For each sigma: ``{"sigma", "noisy": PSNR of y, name: PSNR of each denoiser}``, mean over images."""

@@ -186,10 +186,14 @@ def jacobian_vector(fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
 
 
 def local_linearity_error(fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
-                          symmetric: bool = False) -> torch.Tensor:
+                          symmetric: bool = False, relative_to: str = "output") -> torch.Tensor:
     """``||D(y) - J(y) y|| / ||D(y)||`` per image of a batch ``y`` (zero for a homogeneous map,
-    ``D(a y) = a D(y)``). ``symmetric``: ``J`` is known to be symmetric (a joint model's ``J = I +
-    sigma^2 H``), so ``J y = J^T y`` costs one backward pass fewer."""
+    ``D(a y) = a D(y)``); with ``relative_to="correction"``, ``/ ||D(y) - y||`` instead (exactly 2 for
+    ``D = y + sigma^2 s`` with ``s`` homogeneous of degree -1, chapter "What the referees asked").
+    ``symmetric``: ``J`` is known to be symmetric (a joint model's ``J = I + sigma^2 H``), so
+    ``J y = J^T y`` costs one backward pass fewer."""
+    if relative_to not in ("output", "correction"):
+        raise ValueError(f"relative_to must be 'output' or 'correction', got {relative_to!r}")
     with torch.no_grad():
         d = fn(y).detach() if not symmetric else None
     if symmetric:
@@ -200,7 +204,8 @@ def local_linearity_error(fn: Callable[[torch.Tensor], torch.Tensor], y: torch.T
         d, jy = out.detach(), jy.detach()
     else:
         jy = jacobian_vector(fn, y, y)
-    return (d - jy).flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1)
+    ref = d if relative_to == "output" else d - y.detach()
+    return (d - jy).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
 
 
 def joint_denoiser_fn(model: JointModel, sigma: float, c: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:

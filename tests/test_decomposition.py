@@ -192,24 +192,3 @@ def test_the_stem_energy_ablation_is_the_stage1_energy_when_the_blocks_add_nothi
     y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(stem_energy_denoiser(model.net)(y, 0.1, None), model.denoise(y, 0.1),
                                rtol=1e-10, atol=1e-12)
-
-
-def test_euler_residual_is_zero_for_a_homogeneous_denoiser_and_exact_for_a_known_one():
-    """D(y) = a y + b y / ||y|| has J(y) y = a y (the second term has degree 0), so the residual is
-    ||b y / ||y|| || / ||(a - 1) y + b y / ||y|| ||; a bias-free UNet in evaluation is homogeneous: 0."""
-    from cdn.evaluate import euler_residual
-    from cdn.nets import build_net
-
-    y = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.1
-    a, b = 0.7, 0.3
-
-    def known(v):
-        return a * v + b * v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-
-    n = y.flatten(1).norm(dim=1)
-    want = b / ((a - 1) * n + b).abs()
-    torch.testing.assert_close(euler_residual(known, y), want, rtol=1e-7, atol=0)
-    torch.manual_seed(0)
-    unet = build_net("unet", 10, 3, 4).double().eval()
-    with torch.no_grad():
-        assert euler_residual(unet, y).max().item() < 1e-7

@@ -81,6 +81,26 @@ def test_joint_gradresnet_is_not_exactly_homogeneous():
     assert (err > 1e-6).all()
 
 
+def test_a_score_of_degree_minus_one_gives_twice_the_correction():
+    """D(y) = y + sigma^2 s(y), s homogeneous of degree -1 (here s(y) = -y / ||y||^2 * d, the log-energy
+    score with R the identity): J(y) y = y - sigma^2 s(y), so ||D - J y|| / ||D - y|| is exactly 2; and
+    a homogeneous map is exactly 0 in both normalisations."""
+    y = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.1
+    d = y[0].numel()
+
+    def shrink(v):
+        return v - 0.04 * d * v / v.flatten(1).pow(2).sum(1).view(-1, 1, 1, 1)
+
+    err = theory.local_linearity_error(shrink, y, relative_to="correction")
+    torch.testing.assert_close(err, torch.full_like(err, 2.0), rtol=1e-9, atol=0)
+    err_sym = theory.local_linearity_error(shrink, y, symmetric=True, relative_to="correction")
+    torch.testing.assert_close(err_sym, err, rtol=1e-9, atol=0)  # J is symmetric here (a gradient field)
+    net = UNet(1, width=4, depth=2).double().eval()
+    assert theory.local_linearity_error(net, y, relative_to="correction").max() < 1e-8
+    with pytest.raises(ValueError, match="relative_to"):
+        theory.local_linearity_error(net, y, relative_to="input")
+
+
 def test_generative_and_discriminative_estimators_converge():
     problem = theory.GaussianProblem.make(d=3, separation=2.0, seed=0)
     w, b = problem.true_params
