@@ -97,36 +97,33 @@ def _gather(profile: str, results: Path, models) -> tuple[dict, list[str]]:
     return found, missing
 
 
-def judge_classification(profile: str, results: Path) -> dict:
-    """Clean accuracy of the joint model against the discriminative ResNet-18 at the same profile:
-    supported when ``acc(joint) >= acc(resnet18) - ACCURACY_POINTS``."""
-    found, missing = _gather(profile, results, ("gradresnet", "resnet18"))
+def _clean_accuracy_gap(profile: str, results: Path, other: str, label: str, min_gap_points: float) -> dict:
+    """The joint model's clean accuracy against ``other``'s: supported when ``acc(joint) - acc(other)``, in
+    points, is at least ``min_gap_points``."""
+    found, missing = _gather(profile, results, ("gradresnet", other))
     if missing:
         return _missing(*missing)
-    a, b = accuracy(found["gradresnet"]), accuracy(found["resnet18"])
+    a, b = accuracy(found["gradresnet"]), accuracy(found[other])
     if None in (a, b):
         return _missing("the clean accuracy is not in every metrics.json")
     gap = 100 * (a - b)
-    return {"evidence": f"clean accuracy {100 * a:.1f}% (joint) against {100 * b:.1f}% (ResNet-18): {gap:+.1f} points",
-            "verdict": "supported" if gap >= -ACCURACY_POINTS else "not supported",
-            "numbers": {"joint": a, "resnet18": b}, "runs": [m["run"] for m in found.values()]}
+    return {"evidence": f"clean accuracy {100 * a:.1f}% (joint) against {100 * b:.1f}% ({label}): {gap:+.1f} points",
+            "verdict": "supported" if gap >= min_gap_points else "not supported",
+            "numbers": {"joint": a, other: b}, "runs": [m["run"] for m in found.values()]}
+
+
+def judge_classification(profile: str, results: Path) -> dict:
+    """Clean accuracy of the joint model against the discriminative ResNet-18 at the same profile:
+    supported when ``acc(joint) >= acc(resnet18) - ACCURACY_POINTS``."""
+    return _clean_accuracy_gap(profile, results, "resnet18", "ResNet-18", -ACCURACY_POINTS)
 
 
 def judge_joint_vs_separate(profile: str, results: Path) -> dict:
     """Clean accuracy of the joint model against the same network trained on cross-entropy alone on the
     same noisy images (the baseline that removes the noise-augmentation confound): supported when
     ``acc(joint) >= acc(ce_noisy) + JOINT_GAIN_POINTS``."""
-    found, missing = _gather(profile, results, ("gradresnet", "gradresnet-ce-noisy"))
-    if missing:
-        return _missing(*missing)
-    a, b = accuracy(found["gradresnet"]), accuracy(found["gradresnet-ce-noisy"])
-    if None in (a, b):
-        return _missing("the clean accuracy is not in every metrics.json")
-    gap = 100 * (a - b)
-    return {"evidence": f"clean accuracy {100 * a:.1f}% (joint) against {100 * b:.1f}% (cross-entropy on the same "
-                        f"noisy images): {gap:+.1f} points",
-            "verdict": "supported" if gap >= JOINT_GAIN_POINTS else "not supported",
-            "numbers": {"joint": a, "gradresnet-ce-noisy": b}, "runs": [m["run"] for m in found.values()]}
+    return _clean_accuracy_gap(profile, results, "gradresnet-ce-noisy", "cross-entropy on the same noisy images",
+                               JOINT_GAIN_POINTS)
 
 
 def judge_noise_robustness(profile: str, results: Path) -> dict:
