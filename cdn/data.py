@@ -308,7 +308,8 @@ def load_tiny_imagenet(split: str, data_dir=None) -> ImageDataset:
 
 def load_digits(split: str, size: int = 16) -> ImageDataset:
     """scikit-learn's 8x8 digits (1,797 images, shipped with the package), upsampled to
-    ``size`` x ``size``, one channel; a fixed 80/20 split. The offline fallback."""
+    ``size`` x ``size``, one channel; a fixed 80/20 split (1,437 training and 360 test images). The data of
+    the first lecture (chapter 00_lecture), and the offline fallback of the smoke and quick profiles."""
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
@@ -319,7 +320,7 @@ def load_digits(split: str, size: int = 16) -> ImageDataset:
     n_train = int(0.8 * len(imgs))
     idx = perm[:n_train] if split == "train" else perm[n_train:]
     return ImageDataset(imgs[idx], torch.from_numpy(d.target)[idx].long(), [str(i) for i in range(10)], "digits",
-                        "scikit-learn digits (offline fallback, 16x16 grey)", fallback=True)
+                        f"scikit-learn digits (8x8, upsampled to {size}x{size} grey)")
 
 
 def make_synthetic(split: str, size: int = 16, num_classes: int = 4, n: int = 1024, seed: int = 0) -> ImageDataset:
@@ -368,7 +369,7 @@ def load(name: str, split: str = "train", data_dir=None, size: int | None = None
             raise
         log.warning("%s; falling back to scikit-learn digits", err)
         ds = load_digits(split)
-        ds.source = f"scikit-learn digits (FALLBACK: {name} not found)"
+        ds.source, ds.fallback = f"scikit-learn digits (FALLBACK: {name} not found)", True
     log.info("data %s/%s: %s, %d images %s", name, split, ds.source, len(ds), tuple(ds.images.shape[1:]))
     return ds.subset(size, seed)
 

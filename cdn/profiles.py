@@ -196,7 +196,10 @@ PROFILE_SETTINGS: dict[str, dict[str, dict]] = {
 }
 PROFILE_SETTINGS["smoke"]["digits"] = PROFILE_SETTINGS["smoke"]["cifar10"]
 PROFILE_SETTINGS["smoke"]["synthetic"] = PROFILE_SETTINGS["smoke"]["cifar10"]
-PROFILE_SETTINGS["quick"]["digits"] = dict(PROFILE_SETTINGS["quick"]["cifar10"], test_size=None)
+# scikit-learn's digits (16x16 grey, 1,437 training images): the first lecture's model, about a minute of a
+# laptop's CPU (chapter 00_lecture); also what the smoke and quick profiles fall back to without CIFAR-10
+PROFILE_SETTINGS["quick"]["digits"] = dict(width=8, train_size=None, test_size=None, steps=600, batch_size=64,
+                                           lr=2e-3, warmup_steps=30, checkpoint_every=200, log_every=10)
 PROFILE_SETTINGS["quick"]["synthetic"] = PROFILE_SETTINGS["quick"]["cifar10"]
 PROFILE_SETTINGS["cpu"]["digits"] = PROFILE_SETTINGS["quick"]["digits"]
 PROFILE_SETTINGS["cpu"]["synthetic"] = PROFILE_SETTINGS["quick"]["cifar10"]

@@ -79,6 +79,12 @@ def test_digits_fallback_is_announced(tmp_path, monkeypatch):
     assert ds.fallback and "FALLBACK" in ds.source and ds.images.shape[1:] == (1, 16, 16)
 
 
+def test_digits_asked_for_are_not_a_fallback():
+    train, test = D.load("digits", "train"), D.load("digits", "test")
+    assert not train.fallback and "fallback" not in train.source.lower()
+    assert (len(train), len(test)) == (1437, 360) and train.num_classes == 10
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         D.load("cifar10", "train", data_dir=tmp_path / "nowhere")
