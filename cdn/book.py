@@ -23,7 +23,7 @@ before Sphinx sees them (``strip_solutions``: the ``solution`` blocks and every 
 ``solution-start`` and its ``solution-end``), into ``<build>/html-student``, and checks that the HTML
 holds no solution. A student build reuses the executed chapters of a full build when they are fresh,
 so after ``make book`` it is only the Sphinx step. Before anything runs, ``check_exercises`` checks the
-exercises of every chapter (a label, a kind, exactly one solution each).
+exercises of every chapter (a label, a kind, a difficulty, exactly one solution each).
 
 ``build_book(profile, chapters=[...])`` reruns only the named chapters; the others are reused when
 their executed copy was made with the same profile, data folder, seed, chapter source and package
@@ -56,6 +56,9 @@ PROFILES = ("smoke", "quick", "cpu", "paper")
 EDITIONS = ("full", "student")
 #: the kind of an exercise, one of these classes on every ``exercise`` directive
 EXERCISE_KINDS = ("pen-and-paper", "coding")
+#: the difficulty of an exercise, the last word of its title in parentheses: "Tweedie by hand (warm-up)"
+DIFFICULTIES = ("warm-up", "core", "challenge")
+_DIFFICULTY_RE = re.compile(r"\((" + "|".join(DIFFICULTIES) + r")\)\s*$")
 _CHAPTER_RE = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
 
 
@@ -216,8 +219,8 @@ def directive_blocks(text: str) -> list[dict]:
 
 def exercise_counts(chapter: str, notebooks_dir: str | Path | None = None) -> dict:
     """The exercises and solutions in the source of ``chapter`` (``notebooks/<chapter>.md``):
-    ``{"exercises": [{"label", "kind"}], "solutions": [{"exercise", "label", "gated"}], "pen-and-paper": n,
-    "coding": n}``; a gated solution (``solution-start`` ... ``solution-end``) is one that holds code cells."""
+    ``{"exercises": [{"label", "kind", "difficulty", "title"}], "solutions": [{"exercise", "label", "gated"}],
+    "pen-and-paper": n, "coding": n, "warm-up": n, "core": n, "challenge": n}``; a gated solution (``solution-start`` ... ``solution-end``) is one that holds code cells."""
     nb_dir = Path(notebooks_dir) if notebooks_dir is not None else NOTEBOOKS_DIR
     src = nb_dir / f"{chapter}.md"
     if not src.is_file():
@@ -227,19 +230,23 @@ def exercise_counts(chapter: str, notebooks_dir: str | Path | None = None) -> di
         if b["name"] in ("exercise", "exercise-start"):
             classes = b["options"].get("class", "").split()
             kinds = [k for k in EXERCISE_KINDS if k in classes]
-            exercises.append({"label": b["options"].get("label"), "kind": kinds[0] if len(kinds) == 1 else None})
+            level = _DIFFICULTY_RE.search(b["arg"])
+            exercises.append({"label": b["options"].get("label"), "kind": kinds[0] if len(kinds) == 1 else None,
+                              "difficulty": level.group(1) if level else None, "title": b["arg"]})
         elif b["name"] in ("solution", "solution-start"):
             solutions.append({"exercise": b["arg"], "label": b["options"].get("label"),
                               "gated": b["name"] == "solution-start"})
     out = {"exercises": exercises, "solutions": solutions}
     out.update({k: sum(e["kind"] == k for e in exercises) for k in EXERCISE_KINDS})
+    out.update({k: sum(e["difficulty"] == k for e in exercises) for k in DIFFICULTIES})
     return out
 
 
 def check_exercises(chapters: list[str], notebooks_dir: str | Path | None = None) -> None:
     """Check the exercises of ``chapters`` in their sources: every exercise has a label and exactly one
-    kind among ``EXERCISE_KINDS`` (a ``:class:``), every solution names an exercise of its chapter,
-    and every exercise has exactly one solution. Raises ``BookBuildError`` listing every problem."""
+    kind among ``EXERCISE_KINDS`` (a ``:class:``) and a difficulty among ``DIFFICULTIES`` (the end of its
+    title, in parentheses), every solution names an exercise of its chapter, and every exercise has exactly
+    one solution. Raises ``BookBuildError`` listing every problem."""
     problems = []
     for chapter in chapters:
         counts = exercise_counts(chapter, notebooks_dir)
@@ -250,6 +257,9 @@ def check_exercises(chapters: list[str], notebooks_dir: str | Path | None = None
             if e["kind"] is None:
                 problems.append(f"{chapter}: exercise {e['label'] or i} needs exactly one :class: among "
                                 f"{', '.join(EXERCISE_KINDS)}")
+            if e["difficulty"] is None:
+                problems.append(f"{chapter}: exercise {e['label'] or i} needs its difficulty at the end of its title, "
+                                f"one of {', '.join(f'({d})' for d in DIFFICULTIES)}; got the title {e['title']!r}")
         targets = [s["exercise"] for s in counts["solutions"]]
         for t in targets:
             if t not in labels:
@@ -664,7 +674,7 @@ def build_book(profile: str = "quick", chapters=None, data_dir=None, seed: int =
     return html
 
 
-__all__ = ["EDITIONS", "EXERCISE_KINDS", "BookBuildError", "ChapterError", "build_book", "build_html", "chapter_list",
+__all__ = ["DIFFICULTIES", "EDITIONS", "EXERCISE_KINDS", "BookBuildError", "ChapterError", "build_book", "build_html", "chapter_list",
            "check_edition", "check_exercises", "convert_chapter", "directive_blocks", "execute_chapter",
            "executed_record", "exercise_counts", "html_dir", "install_kernel", "package_fingerprint",
            "pages_with_solutions", "resolve_chapters", "strip_solutions", "toc_chapters"]

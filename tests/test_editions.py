@@ -145,6 +145,28 @@ def test_every_chapter_has_two_to_four_exercises_each_with_one_solution():
     assert total["pen-and-paper"] >= 12 and total["coding"] >= 10, total
 
 
+THEORY_CHAPTERS = ("07_tweedie", "08_jacobian", "09_generative_discriminative")
+
+
+def test_every_exercise_has_a_difficulty_and_every_theory_chapter_a_challenge():
+    levels = {c: book.exercise_counts(c) for c in book.chapter_list()}
+    for chapter, counts in levels.items():
+        assert all(e["difficulty"] in book.DIFFICULTIES for e in counts["exercises"]), chapter
+    for chapter in THEORY_CHAPTERS:
+        assert levels[chapter]["challenge"] >= 1, f"{chapter} has no challenge exercise"
+    assert sum(c["warm-up"] for c in levels.values()) >= 10
+
+
+def test_an_exercise_without_a_difficulty_is_refused(tmp_path):
+    (tmp_path / "01_x.md").write_text("```{exercise} No level\n:label: ex-x\n:class: coding\n\nBody\n```\n\n"
+                                      "```{solution} ex-x\n:class: dropdown\n\nA\n```\n")
+    with pytest.raises(book.BookBuildError, match=r"ex-x needs its difficulty .*\(warm-up\), \(core\), \(challenge\)"):
+        book.check_exercises(["01_x"], tmp_path)
+    (tmp_path / "01_x.md").write_text((tmp_path / "01_x.md").read_text().replace("No level", "No level (core)"))
+    book.check_exercises(["01_x"], tmp_path)
+    assert book.exercise_counts("01_x", tmp_path)["core"] == 1
+
+
 def test_malformed_exercises_are_refused(tmp_path):
     (tmp_path / "01_x.md").write_text(
         "```{exercise} No kind\n:label: ex-x\n\nBody\n```\n\n```{exercise} Two kinds\n:label: ex-y\n"
