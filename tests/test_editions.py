@@ -157,6 +157,16 @@ def test_every_exercise_has_a_difficulty_and_every_theory_chapter_a_challenge():
     assert sum(c["warm-up"] for c in levels.values()) >= 10
 
 
+def test_every_teaching_chapter_opens_with_its_learning_objectives():
+    for chapter in book.chapter_list():
+        if chapter in CHAPTERS_WITHOUT_EXERCISES:
+            continue
+        text = (book.NOTEBOOKS_DIR / f"{chapter}.md").read_text()
+        head = text.split("```{code-cell}", 1)[0]
+        assert "**Learning objectives.**" in head, f"{chapter}: no learning objectives before its first cell"
+        assert head.count("\n- ") >= 2, f"{chapter}: fewer than two objectives"
+
+
 def test_an_exercise_without_a_difficulty_is_refused(tmp_path):
     (tmp_path / "01_x.md").write_text("```{exercise} No level\n:label: ex-x\n:class: coding\n\nBody\n```\n\n"
                                       "```{solution} ex-x\n:class: dropdown\n\nA\n```\n")
