@@ -51,6 +51,23 @@ def noisy_classifier(net: torch.nn.Module, sigma: float) -> BaseClassifier:
     return lambda y: model.logits(y, sigma)
 
 
+def denoised_classifier(denoiser: torch.nn.Module, classifier: torch.nn.Module, clamp: bool = True) -> BaseClassifier:
+    """Denoised smoothing's base classifier (Salman et al. 2020; Carlini et al. 2023 with a diffusion
+    model): ``y -> classifier(D(y))``, the logits of a classifier of clean images applied to the output of
+    a separate denoiser ``D`` (a module mapping a noisy batch to its estimate), clamped to the [0, 1]
+    pixel range the classifier was trained on when ``clamp``. Smoothing it certifies the classifier
+    without training it on noise."""
+    denoiser.eval()
+    model = classifier if isinstance(classifier, JointModel) else JointModel(classifier)
+    model.eval()
+
+    def base(y):
+        with torch.no_grad():
+            d = denoiser(y)
+            return model.logits(d.clamp(0, 1) if clamp else d, 0.0)
+    return base
+
+
 def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     """The one-sided ``(1 - alpha)`` Clopper-Pearson lower confidence bound on a binomial proportion
     from ``k`` successes out of ``n``: the ``alpha`` quantile of Beta(k, n - k + 1) (0 when k = 0);

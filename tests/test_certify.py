@@ -8,7 +8,7 @@ import torch
 from scipy.stats import binom, norm
 
 from cdn.certify import (ABSTAIN, certified_accuracy, certify, certify_images, clopper_pearson_lower,
-                         max_radius)
+                         denoised_classifier, max_radius)
 
 
 def _constant(cls, num_classes=5):
@@ -81,6 +81,29 @@ def test_certify_images_and_certified_accuracy():
     assert [row["correct"] for row in rows] == [True, False, True, False]
     assert all(row["radius"] == pytest.approx(r) for row in rows)
     assert certified_accuracy(rows, [0.0, r, math.nextafter(r, 1.0)]) == [0.5, 0.5, 0.0]
+
+
+def test_denoised_classifier_is_the_classifier_of_the_clamped_denoised_image():
+    torch.manual_seed(0)
+    clf = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    shrink = torch.nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        shrink.weight.copy_(0.5 * torch.eye(3).view(3, 3, 1, 1))
+    y = torch.randn(5, 3, 2, 2) + 0.5
+    base = denoised_classifier(shrink, clf)
+    torch.testing.assert_close(base(y), clf((0.5 * y).clamp(0, 1)), rtol=0, atol=0)
+    torch.testing.assert_close(denoised_classifier(shrink, clf, clamp=False)(y), clf(0.5 * y), rtol=0, atol=0)
+    # a denoiser that returns one fixed image makes the smoothed classifier constant, certified at the largest radius
+    fixed = torch.rand(1, 3, 2, 2)
+
+    class Constant(torch.nn.Module):
+        def forward(self, v):
+            return fixed.expand(len(v), -1, -1, -1)
+
+    cls = int(clf(fixed).argmax())
+    rows = certify_images(denoised_classifier(Constant(), clf), torch.rand(3, 3, 2, 2), torch.tensor([cls] * 3),
+                          0.25, 5, 100, 0.01)
+    assert all(r["prediction"] == cls and r["radius"] == pytest.approx(max_radius(0.25, 100, 0.01)) for r in rows)
 
 
 def test_same_seed_same_certificate():
