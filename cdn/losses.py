@@ -17,7 +17,19 @@ import torch.nn.functional as F
 
 from .joint import JointModel
 
-SIGMA_DISTRIBUTIONS = ("log_uniform", "uniform", "log_normal")
+SIGMA_DISTRIBUTIONS = ("log_uniform", "uniform", "log_normal", "ddpm")
+#: DDPM's linear schedule (Ho et al. 2020), which EGC diffuses with: beta_t from 1e-4 to 0.02 over 1,000 steps
+DDPM_STEPS, DDPM_BETA = 1000, (1e-4, 0.02)
+
+
+def ddpm_sigmas() -> torch.Tensor:
+    """The noise levels of DDPM's 1,000 steps on the variance-exploding scale of this book:
+    ``sigma_t = sqrt((1 - abar_t) / abar_t)`` with ``abar_t = prod_{s <= t} (1 - beta_s)``, so that
+    ``x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps = sqrt(abar_t) (x + sigma_t eps)`` (float64, shape (1000,),
+    from 0.010 to about 157)."""
+    beta = torch.linspace(*DDPM_BETA, DDPM_STEPS, dtype=torch.float64)
+    abar = torch.cumprod(1 - beta, 0)
+    return ((1 - abar) / abar).sqrt()
 #: EDM's noise distribution (Karras et al., 2022: ln sigma ~ N(-1.2, 1.2^2) for pixels in [-1, 1]) on the
 #: [0, 1] pixel scale, where every sigma is halved: ln sigma ~ N(-1.2 - ln 2, 1.2^2), median 0.15
 EDM_LOG_MEAN, EDM_LOG_STD = -1.2 - math.log(2.0), 1.2
@@ -29,7 +41,8 @@ CE_ON = ("noisy", "clean", "both")
 class SigmaSampler:
     """Noise levels per image: log-uniform (or uniform) on ``[sigma_min, sigma_max]``, or ``log_normal``,
     ``ln sigma ~ N(EDM_LOG_MEAN, EDM_LOG_STD^2)`` clipped to ``[sigma_min, sigma_max]`` (EDM's, which puts
-    9% of the images below sigma = 0.03 where the log-uniform on [1e-3, 1] puts half); a fraction
+    9% of the images below sigma = 0.03 where the log-uniform on [1e-3, 1] puts half), or ``ddpm``, DDPM's
+    1,000 steps drawn uniformly, on this book's scale (``ddpm_sigmas``, clipped likewise); a fraction
     ``clean_fraction`` of images gets ``sigma = 0`` (they enter the cross-entropy term only)."""
 
     sigma_min: float = 1e-3
@@ -52,6 +65,9 @@ class SigmaSampler:
         if self.distribution == "log_uniform":
             lo, hi = torch.log(torch.tensor(self.sigma_min)), torch.log(torch.tensor(self.sigma_max))
             sigma = torch.exp(lo + u * (hi - lo))
+        elif self.distribution == "ddpm":
+            t = (u * DDPM_STEPS).long().clamp_max(DDPM_STEPS - 1)  # uniform on the 1,000 steps
+            sigma = ddpm_sigmas().to(device)[t].float().clamp(self.sigma_min, self.sigma_max)
         elif self.distribution == "log_normal":
             z = torch.randn(batch, generator=generator, device=device)
             sigma = torch.exp(EDM_LOG_MEAN + EDM_LOG_STD * z).clamp(self.sigma_min, self.sigma_max)

@@ -47,10 +47,20 @@ MODELS: dict[str, tuple[str, str, bool]] = {
     "resnet18-mollify": ("resnet18", "mollify", False),    # ... with data mollification (cdn.mollify)
     "unet": ("unet", "mse", False),                        # denoise-only baseline (bias-free UNet)
     "dncnn": ("dncnn", "mse", False),                      # the referees' reference denoiser (bias-free DnCNN)
+    "egc": (JOINT_ARCH, "joint", True),                    # EGC's objective on the joint model's network (MODEL_SETTINGS)
     "gradresnet-relu": ("gradresnet-relu", "joint", False),          # ablations
     "gradresnet-batchnorm": ("gradresnet-batchnorm", "joint", False),
     "gradresnet-noside": ("gradresnet-noside", "joint", False),
     "gradresnet-nologenergy": ("gradresnet-nologenergy", "joint", False),
+}
+#: settings a model brings with it, applied before a profile's overrides. EGC (Guo et al. 2023): a noise-conditioned
+#: energy trained on diffused images with cross-entropy plus epsilon-matching, its diffusion DDPM's variance-
+#: preserving one; on this book's variance-exploding scale that is sigma_t = sqrt((1 - abar_t) / abar_t), t uniform on
+#: DDPM's 1,000 steps (cdn.losses.ddpm_sigmas, 0.01 to 157, not clipped), the network seeing
+#: sqrt(abar_t) y = y / sqrt(1 + sigma^2) (input_scaling). Its epsilon-matching loss
+#: ||sigma_t grad_{x_t} log p(x_t) + eps||^2 is this book's DSM term with w = 1 / sigma^2 on that scale
+MODEL_SETTINGS: dict[str, dict] = {
+    "egc": dict(sigma_distribution="ddpm", sigma_min=1e-3, sigma_max=200.0, input_scaling=True),
 }
 # every named GradResNet variant of chapter 10's comparison, as a joint model of its own
 MODELS.update({v: (v, "joint", False) for v in VARIANTS if v not in MODELS})
@@ -98,6 +108,7 @@ class Config:
     time_budget_s: float | None = None   # None: a schedule over `steps`; else over training seconds
     ema_decay: float | None = None       # exponential moving average of the weights, used for evaluation
     tta_flip: bool = False               # classification averages log p(c | y) and log p(c | flipped y)
+    input_scaling: bool = False          # the net sees y / sqrt(1 + sigma^2) (EGC's variance-preserving input)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -122,6 +133,8 @@ class Config:
             raise ValueError(f"ema_decay must be None or a number in (0, 1), e.g. 0.999, got {self.ema_decay!r}")
         if not isinstance(self.tta_flip, bool):
             raise ValueError(f"tta_flip must be true or false, got {self.tta_flip!r}")
+        if self.input_scaling and not self.noise_conditioning:
+            raise ValueError("input_scaling needs a noise-conditioned model (it scales y by sigma): e.g. --model egc")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -151,7 +164,7 @@ class Config:
 
 #: fields added after runs of CODE_VERSION 3 were trained and committed: part of the hash only when
 #: set to a value other than their default (``Config.key``)
-HASHED_WHEN_SET = ("time_budget_s", "ema_decay", "tta_flip")
+HASHED_WHEN_SET = ("time_budget_s", "ema_decay", "tta_flip", "input_scaling")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
 #: the ``cpu`` profile's training length: every CIFAR-10 model for the same number of epochs, the paper's
@@ -232,6 +245,7 @@ def get_config(profile: str = "quick", model: str = "gradresnet", dataset: str =
     settings = dict(PROFILE_SETTINGS[profile][dataset])
     settings.update(model=model, profile=profile, dataset=dataset, arch=arch, objective=objective,
                     noise_conditioning=cond, allow_fallback=profile in ("smoke", "quick"))
+    settings.update(MODEL_SETTINGS.get(model, {}))
     known = {f.name for f in dataclasses.fields(Config)}
     bad = set(overrides) - known
     if bad:

@@ -54,6 +54,7 @@ MODEL_LABELS = {
     "unet": "UNet (denoise only)",
     "dncnn": "DnCNN (bias-free, denoise only)",
     "gradresnet-ce-noisy": "GradResNet (cross-entropy on noisy images)",
+    "egc": "EGC objective (same GradResNet, noise-conditioned)",
 }
 
 

@@ -44,6 +44,10 @@ def make_net(config: Config, num_classes: int, in_channels: int) -> torch.nn.Mod
     net = build_net(config.arch, num_classes, in_channels, config.width, config.noise_conditioning)
     if config.precision == "bf16-all" and hasattr(net, "score_in_float32"):
         net.score_in_float32 = False
+    if config.input_scaling:
+        if not hasattr(net, "input_scaling"):
+            raise ValueError(f"input_scaling needs a GradResNet architecture, got {config.arch!r}")
+        net.input_scaling = True
     return net
 
 

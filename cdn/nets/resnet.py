@@ -252,6 +252,10 @@ class ResNet(nn.Module):
         self.num_classes, self.in_channels, self.width = num_classes, in_channels, width
         self.noise_conditioning, self.block, self.side_kind, self.head = noise_conditioning, block, side, head
         self.score_in_float32 = score_in_float32
+        #: EGC's variance-preserving input (``cdn.profiles.MODEL_SETTINGS["egc"]``): a noise-conditioned net sees
+        #: ``y / sqrt(1 + sigma^2)``, the diffused image ``sqrt(abar) x + sqrt(1 - abar) eps`` of the VE image
+        #: ``y = x + sigma eps`` with ``sigma^2 = (1 - abar) / abar``; set by ``cdn.train.make_net``
+        self.input_scaling = False
         widths = [width, 2 * width, 4 * width, 8 * width]
         self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=bias)
         self.stem_norm = make_norm(norm, width, noise_conditioning) if block == "basic" else None
@@ -300,6 +304,10 @@ class ResNet(nn.Module):
         if self.noise_conditioning and sigma is None:
             raise ValueError("this network is noise-conditioned: call it as net(y, sigma)")
         emb = sigma_embedding(sigma) if self.noise_conditioning else None
+        if self.input_scaling:
+            if sigma is None:
+                raise ValueError("this network scales its input by 1 / sqrt(1 + sigma^2): call it as net(y, sigma)")
+            y = y * torch.rsqrt(1 + sigma.to(y.dtype).view(-1, 1, 1, 1) ** 2)
         with self._fp32(y):
             h = self.stem(upcast(y) if self.score_in_float32 else y)
         if self.stem_norm is not None:
