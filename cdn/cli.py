@@ -161,7 +161,7 @@ def cmd_denoise(args) -> int:
     if args.sigma < 0:
         raise ValueError(f"--sigma must be >= 0, got {args.sigma}")
     run = load_run(args.run, args.device)
-    if run.config.objective not in ("joint", "mse"):
+    if run.config.objective not in ("joint", "mse", "dsm_conditional"):
         raise ValueError(f"run {run.name} is a classifier ({run.config.model}); denoise needs a joint or UNet run")
     x = load_image(args.image, run.state["in_channels"], run.state["image_size"]).to(next(run.net.parameters()).device)
     g = torch.Generator().manual_seed(args.seed)

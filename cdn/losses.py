@@ -101,15 +101,18 @@ def dsm_per_image(score: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, w
 
 @dataclass(frozen=True)
 class JointLoss:
-    """Cross-entropy plus ``lam`` times denoising score matching, from one forward and one
-    (differentiable) backward pass. ``dsm_conditional`` uses ``D(y, c)`` instead of ``D(y)``;
-    ``ce_on`` chooses noisy images, clean images (one extra forward) or both."""
+    """``ce_weight`` times the cross-entropy plus ``lam`` times denoising score matching, from one forward
+    and one (differentiable) backward pass. ``dsm_conditional`` uses ``D(y, c)`` instead of ``D(y)``;
+    ``ce_on`` chooses noisy images, clean images (one extra forward) or both. ``ce_weight = 0`` with
+    ``dsm_conditional`` trains a class-conditional denoiser on score matching alone (the model a diffusion
+    classifier reads out, chapter "What the referees asked")."""
 
     sampler: SigmaSampler = SigmaSampler()
     lam: float = 1.0
     weighting: str = "inv_sigma2"
     dsm_conditional: bool = False
     ce_on: str = "noisy"
+    ce_weight: float = 1.0
 
     def __post_init__(self):
         if self.ce_on not in CE_ON:
@@ -120,7 +123,7 @@ class JointLoss:
     def __call__(self, model: JointModel, x: torch.Tensor, c: torch.Tensor, generator=None):
         """Return ``(loss, terms)`` where ``terms`` holds detached ``ce``, ``dsm`` and ``acc``."""
         ce, dsm, acc = self.parts(model, x, c, generator)
-        loss = ce + self.lam * dsm
+        loss = self.ce_weight * ce + self.lam * dsm
         return loss, {"ce": ce.detach(), "dsm": dsm.detach(), "acc": acc.detach()}
 
     def gradient_norms(self, model: JointModel, x: torch.Tensor, c: torch.Tensor, generator=None) -> dict:

@@ -20,7 +20,9 @@ PROFILES = ("smoke", "quick", "cpu", "paper")
 CODE_VERSION = 3
 #: "ce_noisy": cross-entropy on the joint model's own noisy images (the same sigma distribution, sigma_min to
 #: sigma_max), the baseline that separates what the DSM term adds from noise augmentation alone
-OBJECTIVES = ("joint", "ce", "ce_noise", "ce_noisy", "mse", "mollify")
+#: "dsm_conditional": score matching of D(y, true c) alone, no cross-entropy: a class-conditional denoiser, the
+#: model a diffusion classifier reads out
+OBJECTIVES = ("joint", "ce", "ce_noise", "ce_noisy", "mse", "mollify", "dsm_conditional")
 #: "auto": bf16 autocast on a GPU or on a CPU with a bf16 unit (AMX or AVX512-BF16 in /proc/cpuinfo,
 #: cdn.train.cpu_has_fast_bf16), float32 elsewhere (emulated bf16 is many times slower); "bf16" forces autocast with the score path
 #: (input layer, energy, head) in float32 (cdn.nets.resnet.full_precision); "bf16-all" autocasts the
@@ -47,6 +49,7 @@ MODELS: dict[str, tuple[str, str, bool]] = {
     "resnet18-mollify": ("resnet18", "mollify", False),    # ... with data mollification (cdn.mollify)
     "unet": ("unet", "mse", False),                        # denoise-only baseline (bias-free UNet)
     "dncnn": ("dncnn", "mse", False),                      # the referees' reference denoiser (bias-free DnCNN)
+    "gradresnet-dsm-cond": (JOINT_ARCH, "dsm_conditional", False),  # D(y, c) trained by score matching alone
     "egc": (JOINT_ARCH, "joint", True),                    # EGC's objective on the joint model's network (MODEL_SETTINGS)
     "gradresnet-relu": ("gradresnet-relu", "joint", False),          # ablations
     "gradresnet-batchnorm": ("gradresnet-batchnorm", "joint", False),

@@ -55,6 +55,7 @@ MODEL_LABELS = {
     "dncnn": "DnCNN (bias-free, denoise only)",
     "gradresnet-ce-noisy": "GradResNet (cross-entropy on noisy images)",
     "egc": "EGC objective (same GradResNet, noise-conditioned)",
+    "gradresnet-dsm-cond": "GradResNet, D(y, c) by score matching alone",
 }
 
 

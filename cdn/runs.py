@@ -191,7 +191,7 @@ class Run:
             net = self.net.eval()
             out["denoising"] = psnr_vs_sigma({"D(y)": lambda y, s, c: net(y)}, test_set, denoise_sigmas, seed=seed,
                                              device=device)
-        elif self.config.objective == "joint":
+        elif self.config.objective in ("joint", "dsm_conditional"):
             self.net.eval()
             out["denoising"] = psnr_vs_sigma(joint_denoisers(self.model, test_set.num_classes), test_set,
                                              denoise_sigmas, seed=seed, device=device)

@@ -58,6 +58,8 @@ def make_loss(config: Config):
     sampler = SigmaSampler(config.sigma_min, config.sigma_max, config.sigma_distribution, config.clean_fraction)
     if config.objective == "joint":
         return JointLoss(sampler, config.lam, config.weighting, config.dsm_conditional, config.ce_on)
+    if config.objective == "dsm_conditional":
+        return JointLoss(sampler, config.lam, config.weighting, dsm_conditional=True, ce_weight=0.0)
     if config.objective == "ce":
         return CrossEntropyLoss(None)
     if config.objective == "ce_noisy":

@@ -93,3 +93,29 @@ def test_log_normal_sampler_is_edms_on_the_unit_pixel_scale():
     p = norm.cdf((math.log(0.03) + 1.2 + math.log(2)) / 1.2)
     assert abs((s < 0.03).double().mean().item() - p) < 4 * math.sqrt(p * (1 - p) / n)
     assert (s == 1.0).double().mean().item() == pytest.approx(1 - norm.cdf((0 + 1.2 + math.log(2)) / 1.2), abs=0.005)
+
+
+def test_dsm_conditional_objective_is_conditional_score_matching_alone():
+    """``gradresnet-dsm-cond``: the loss is lam times the DSM of D(y, true c), with no cross-entropy, and its
+    parameter gradient is that of the DSM term alone."""
+    from cdn import get_config
+    from cdn.nets import build_net
+    from cdn.train import make_loss
+
+    cfg = get_config("smoke", "gradresnet-dsm-cond", "synthetic")
+    loss_fn = make_loss(cfg)
+    assert isinstance(loss_fn, JointLoss) and loss_fn.dsm_conditional and loss_fn.ce_weight == 0.0
+    torch.manual_seed(0)
+    model = JointModel(build_net(cfg.arch, 4, 3, 4, False))
+    x, c = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    loss, terms = loss_fn(model, x, c, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(loss, cfg.lam * terms["dsm"])
+    ce, dsm, _ = JointLoss(SigmaSampler(cfg.sigma_min, cfg.sigma_max), dsm_conditional=True).parts(
+        model, x, c, torch.Generator().manual_seed(1))
+    params = list(model.parameters())
+    for a, b in zip(torch.autograd.grad(loss, params, allow_unused=True),
+                    torch.autograd.grad(cfg.lam * dsm, params, allow_unused=True)):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b)
