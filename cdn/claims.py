@@ -257,19 +257,55 @@ def readme_block(readme: str) -> str:
     return readme.split(README_START, 1)[1].split(README_END, 1)[0].strip("\n") + "\n"
 
 
+#: the README's table of the cpu profile's committed runs (``cpu_table``), between these two markers
+CPU_TABLE_START, CPU_TABLE_END = "<!-- cpu-ten-epochs -->", "<!-- cpu-ten-epochs:end -->"
+CPU_TABLE_MODELS = ("gradresnet", "gradresnet-ce-noisy", "gradresnet-ce", "resnet18", "resnet18-noise",
+                    "resnet18-mollify", "unet", "dncnn")
+
+
+def cpu_table(results: str | Path | None = None) -> str:
+    """The Markdown table of the ``cpu`` profile's committed CIFAR-10 runs (``CPU_TABLE_MODELS`` that have one):
+    steps (epochs), training time, accuracy at sigma = 0, 0.1, 0.2, ECE at sigma = 0 and the PSNR of ``D(y)`` at
+    0.05, 0.1, 0.2, each read from the run's ``metrics.json`` ("–" where not measured)."""
+    results = results_root(results)
+    lines = ["| model | steps (epochs) | training | clean acc | acc σ=0.1 | acc σ=0.2 | ECE (σ=0) | D(y) σ=0.05 | σ=0.1 | σ=0.2 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f}%"
+
+    for model in CPU_TABLE_MODELS:
+        m, _ = committed_metrics("cpu", model, results)
+        if m is None:
+            continue
+        clean = [r for r in m.get("classification") or [] if r["sigma"] == 0.0]
+        ece = f"{clean[0]['ece']:.3f}" if clean else "–"
+        den = [psnr(m, s) for s in (0.05, 0.1, 0.2)]  # None for a classifier, whose metrics hold no D(y)
+        lines.append(f"| {model} | {m['steps']:,} ({m['epochs']:.1f}) | {m['train_time_s'] / 60:.0f} min | "
+                     f"{pct(accuracy(m, 0.0))} | {pct(accuracy(m, 0.1))} | {pct(accuracy(m, 0.2))} | {ece} | "
+                     + " | ".join("–" if v is None else f"{v:.2f}" for v in den) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _replace_block(text: str, start: str, end: str, new: str) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"README.md has no block between {start} and {end}")
+    before, rest = text.split(start, 1)
+    return f"{before}{start}\n{new}{end}{rest.split(end, 1)[1]}"
+
+
 def write_readme(readme_path: str | Path, results: str | Path | None = None) -> bool:
-    """Rewrite the ledger block of ``readme_path`` from the committed results; True when it changed."""
+    """Rewrite the ledger block and the cpu table of ``readme_path`` from the committed results; True when
+    either changed."""
     path = Path(readme_path)
     text = path.read_text()
-    old = readme_block(text)
-    new = markdown(results=results)
-    if old == new:
+    new = _replace_block(text, README_START, README_END, markdown(results=results))
+    new = _replace_block(new, CPU_TABLE_START, CPU_TABLE_END, cpu_table(results))
+    if new == text:
         return False
-    before, rest = text.split(README_START, 1)
-    after = rest.split(README_END, 1)[1]
-    path.write_text(f"{before}{README_START}\n{new}{README_END}{after}")
+    path.write_text(new)
     return True
 
 
-__all__ = ["CLAIMS", "Claim", "LEDGER_PROFILES", "accuracy", "committed_metrics", "ledger", "markdown", "psnr",
-           "readme_block", "write_readme"]
+__all__ = ["CLAIMS", "CPU_TABLE_MODELS", "Claim", "LEDGER_PROFILES", "accuracy", "committed_metrics", "cpu_table",
+           "ledger", "markdown", "psnr", "readme_block", "write_readme"]

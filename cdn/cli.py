@@ -234,7 +234,7 @@ def cmd_claims(args) -> int:
 
     if args.readme:
         changed = write_readme(REPO_ROOT / "README.md")
-        print(f"README.md: the claims ledger {'rewritten' if changed else 'was already up to date'}")
+        print(f"README.md: the claims ledger and the cpu table {'rewritten' if changed else 'were already up to date'}")
     else:
         print(markdown(), end="")
     return 0

@@ -99,6 +99,14 @@ def test_the_readme_ledger_is_the_one_the_committed_results_give():
     assert claims.readme_block(readme) == claims.markdown(), "run: python -m cdn claims --readme"
 
 
+def test_the_readme_cpu_table_is_the_one_the_committed_results_give():
+    """The README's cpu table is printed from the committed metrics (python -m cdn claims --readme)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split(claims.CPU_TABLE_START, 1)[1].split(claims.CPU_TABLE_END, 1)[0]
+    assert block.strip() == claims.cpu_table().strip(), "run: python -m cdn claims --readme"
+    assert "| gradresnet |" in block
+
+
 def test_a_readme_without_the_block_is_a_clear_error():
     with pytest.raises(ValueError, match="claims:start"):
         claims.readme_block("# no ledger here\n")
