@@ -1,6 +1,6 @@
 """Datasets as uint8 tensors in memory, and batched augmentation on the device (every chapter).
 
-Where data is looked for, in order (DESIGN.md): an explicit path (argument or ``CDN_DATA``), the
+Where data is looked for, in order: an explicit path (argument or ``CDN_DATA``), the
 shared folder ``../shared/data`` beside the repository, torchvision's download when asked for
 (never in tests). When no CIFAR-10 is found and the caller allows it (the smoke and quick
 profiles), scikit-learn's digits stand in, and ``ImageDataset.source`` says so.

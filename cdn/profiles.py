@@ -1,7 +1,7 @@
 """Named configurations: the profiles ``smoke``, ``quick``, ``cpu`` and ``paper`` for each model and
 dataset (every chapter starts from ``get_config``).
 
-The paper's exact hyper-parameters are not available to this project (PAPER.md); every value
+The paper's exact hyper-parameters are not published; every value
 below is our documented choice, visible in one place, and written beside each run as config.json.
 """
 from __future__ import annotations
@@ -181,7 +181,7 @@ CPU_EPOCHS = 10
 #: ten epochs are 3,907 steps of batch 128; rounded up to a multiple of the log interval
 CPU_STEPS = 3910
 
-#: per-profile settings, per dataset; the budget of each is in DESIGN.md and the README
+#: per-profile settings, per dataset; the budget of each is in the README
 PROFILE_SETTINGS: dict[str, dict[str, dict]] = {
     "smoke": {
         "cifar10": dict(width=4, train_size=256, test_size=128, steps=8, batch_size=32, warmup_steps=2,

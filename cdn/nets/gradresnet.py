@@ -1,4 +1,4 @@
-"""GradResNet: a ResNet-18 whose input gradient is a good denoiser (PAPER.md; chapter "GradResNet as
+"""GradResNet: a ResNet-18 whose input gradient is a good denoiser (the paper; chapter "GradResNet as
 a UNet"). From the paper: GELU instead of ReLU, GroupNorm without additive shift instead of
 BatchNorm, no bias anywhere, side connections from every stage into the final features, noise-blind
 unless ``noise_conditioning=True``. The paper's block layout and head are not available to us; the

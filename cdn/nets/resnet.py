@@ -39,7 +39,7 @@ class ScaleGroupNorm(nn.Module):
     embedding ``e``.
 
     ``homogeneous=True`` is the scale-preserving variant of the authors' group's later GradResNet
-    (PAPER.md): each group is divided by its own spread ``s_g`` and all are multiplied by the mean
+    (the paper's description): each group is divided by its own spread ``s_g`` and all are multiplied by the mean
     spread over the groups of the image, ``N(h)_g = gain * (h_g - mean_g) * mean_k(s_k) / s_g``, so that
     ``N(a h) = a N(h)`` for ``a > 0`` (the layer evens out the groups and keeps the overall scale). The
     stabiliser is relative (``s_g^2 = var_g + eps * mean_k var_k``), which keeps the identity exact.
@@ -175,7 +175,7 @@ class PreActBlock(nn.Module):
 
 
 class PostActBlock(nn.Module):
-    """Post-activation block of the authors' group's later GradResNet (PAPER.md):
+    """Post-activation block of the authors' group's later GradResNet (its public code):
     ``N(act(conv2(act(conv1(h)))) + shortcut(h))``, the norm after the residual sum, the shortcut
     ``N(conv1x1(h))`` where the shape changes. With the scale-preserving norm (``'homog'``), ReLU-like
     activations and bias-free convolutions the block is (nearly) homogeneous of degree 1."""
