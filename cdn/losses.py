@@ -30,6 +30,8 @@ def ddpm_sigmas() -> torch.Tensor:
     beta = torch.linspace(*DDPM_BETA, DDPM_STEPS, dtype=torch.float64)
     abar = torch.cumprod(1 - beta, 0)
     return ((1 - abar) / abar).sqrt()
+
+
 #: EDM's noise distribution (Karras et al., 2022: ln sigma ~ N(-1.2, 1.2^2) for pixels in [-1, 1]) on the
 #: [0, 1] pixel scale, where every sigma is halved: ln sigma ~ N(-1.2 - ln 2, 1.2^2), median 0.15
 EDM_LOG_MEAN, EDM_LOG_STD = -1.2 - math.log(2.0), 1.2
