@@ -6,7 +6,8 @@ A case is ``(name, architecture, objective, options)``. Objectives: ``ce``, ``jo
 machine with a bf16 unit, and for the joint loss the closed-form second derivatives of
 ``cdn.nets.second_order`` where ``cdn train`` would use them; option ``reference``: plain float32
 autograd instead; option ``precision``: "float32" or "bf16" forced; option ``autograd``: PyTorch's own
-second derivatives), ``matmul`` (one 2048 x 2048
+second derivatives; option ``conv_autograd``: the closed forms of GroupNorm and GELU only, PyTorch's
+convolutions), ``matmul`` (one 2048 x 2048
 matrix product in ``options["dtype"]``: the machine's attainable peak, the roofline's ceiling), ``jem`` (one update of ``cdn.baselines.jem.JEMTrainer`` with
 ``options["k"]`` SGLD steps), ``infer_classify`` / ``infer_denoise`` (per-batch inference),
 ``joint_func`` (the same joint step written with ``torch.func``, ``cdn.compiled``),
@@ -29,6 +30,7 @@ CASES = [  # name, architecture, objective, options
     ("gradresnet-ce-reference", "gradresnet", "ce", {"reference": True}),
     ("gradresnet-joint-float32", "gradresnet", "joint", {"precision": "float32"}),
     ("gradresnet-joint-bf16-autograd", "gradresnet", "joint", {"precision": "bf16", "autograd": True}),
+    ("gradresnet-joint-float32-norms-only", "gradresnet", "joint", {"precision": "float32", "conv_autograd": True}),
     ("gradresnet-stage1energy-joint", "gradresnet-stage1energy", "joint", {}),
     ("gradresnet-stage1energy-joint-reference", "gradresnet-stage1energy", "joint", {"reference": True}),
     ("matmul-float32", None, "matmul", {"dtype": "float32"}),
@@ -62,7 +64,8 @@ PRECISION_CASES = ["gradresnet-ce-float32", "gradresnet-joint-float32", "resnet1
                    "gradresnet-ce-bf16", "gradresnet-joint-bf16", "resnet18-ce-bf16", "unet-mse-bf16"]
 #: the cases of ``python -m benchmarks --roofline``: the step ``cdn train`` runs and the plain float32 autograd
 #: step, the cross-entropy step, and the machine's matrix-product peak in both precisions
-ROOFLINE_CASES = ["gradresnet-joint", "gradresnet-joint-reference", "gradresnet-joint-float32",
+ROOFLINE_CASES = ["gradresnet-joint", "gradresnet-joint-reference", "gradresnet-joint-float32-norms-only",
+                  "gradresnet-joint-float32", "gradresnet-joint-bf16",
                   "gradresnet-joint-bf16-autograd", "gradresnet-ce", "gradresnet-ce-reference",
                   "gradresnet-stage1energy-joint", "gradresnet-stage1energy-joint-reference", "matmul-float32",
                   "matmul-bf16"]
@@ -83,6 +86,7 @@ def _one(args) -> dict:
     from cdn.joint import JointModel
     from cdn.losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
     from cdn.nets import build_net
+    from cdn.nets import second_order
     from cdn.nets.second_order import use_second_order
     from cdn.plain_data import plain_loader
     from cdn.profiles import get_config
@@ -90,6 +94,7 @@ def _one(args) -> dict:
 
     if options.get("threads"):
         torch.set_num_threads(options["threads"])
+    second_order.CONV = not options.get("conv_autograd")
     torch.manual_seed(0)
     dev = torch.device(device)
     if objective == "matmul":
@@ -157,7 +162,7 @@ def _one(args) -> dict:
     row = {"case": name, "objective": objective, "threads": torch.get_num_threads(), **options}
     if training:
         row.update(precision="bf16" if use_amp else "float32",
-                   second_order="closed form, compiled" if fast else "autograd",
+                   second_order=(second_order.DESCRIPTION if second_order.CONV else "closed form (GroupNorm, GELU compiled)") if fast else "autograd",
                    gflop_per_step=step_flops(objective, arch, width, size, batch) / 1e9)
     t0 = time.perf_counter()
     try:

@@ -24,6 +24,7 @@ def profile_step(arch: str = "gradresnet", width: int = 16, batch: int = 128, si
     from cdn.joint import JointModel
     from cdn.losses import JointLoss
     from cdn.nets import build_net
+    from cdn.nets import second_order
     from cdn.nets.second_order import use_second_order
     from cdn.profiles import get_config
     from cdn.train import autocast_bf16, make_optimizer, train_step
@@ -53,7 +54,7 @@ def profile_step(arch: str = "gradresnet", width: int = 16, batch: int = 128, si
     rows = [{"operator": e.key, "self_ms": e.self_cpu_time_total / 1000 / steps,
              "share": e.self_cpu_time_total / total, "calls": e.count // steps} for e in events[:top]]
     return {"total_ms": total / 1000 / steps, "precision": "bf16" if use_amp else "float32",
-            "second_order": "closed form, compiled" if fast else "autograd", "rows": rows}
+            "second_order": second_order.DESCRIPTION if fast else "autograd", "rows": rows}
 
 
 def main(argv=None) -> dict:

@@ -17,6 +17,9 @@ import math
 import torch
 from torch import nn
 
+from .nets import second_order
+from .nets.resnet import upcast
+
 
 def as_sigma(sigma, y: torch.Tensor, name: str = "sigma", required: bool = True) -> torch.Tensor | None:
     """Return ``sigma`` as a float tensor of shape (B,) on ``y``'s device, after checking it.
@@ -54,11 +57,6 @@ def check_image(y: torch.Tensor, name: str = "y") -> None:
         raise ValueError(f"{name} must have shape (B, C, H, W) (or (B, d)), got {tuple(y.shape)}")
     if not torch.isfinite(y).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-
-
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """float32 for half-precision tensors (bf16 autocast), unchanged otherwise (float64 stays)."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _finite(out: torch.Tensor, y: torch.Tensor, what: str) -> torch.Tensor:
@@ -140,7 +138,8 @@ class JointModel(nn.Module):
                 energy = upcast(logits).gather(1, c.long().view(-1, 1)).sum()
             else:
                 energy = torch.logsumexp(upcast(logits), dim=-1).sum()
-            (score,) = torch.autograd.grad(energy, y_in, create_graph=create_graph)
+            with second_order.input_gradient_only():  # the parameters' gradients are not wanted here
+                (score,) = torch.autograd.grad(energy, y_in, create_graph=create_graph)
         if not create_graph:
             logits, score = logits.detach(), score.detach()
         return logits, score

@@ -30,6 +30,7 @@ from .joint import JointModel
 from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
 from .mollify import MollifyLoss
 from .nets import VARIANTS, build_net
+from .nets import second_order
 from .nets.second_order import second_order_layers, use_second_order
 from .profiles import Config
 
@@ -468,7 +469,7 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
              "image_size": train_set.image_size, "classes": train_set.classes,
              "world_size": info.world_size, "commit": commit, "machine": machine,
              "autocast": "bf16" if use_amp else "float32",
-             "second_order": "closed form, compiled" if fast else "autograd"}
+             "second_order": second_order.DESCRIPTION if fast else "autograd"}
     if timed:
         state["time_budget_s"] = config.time_budget_s
     if preempted:

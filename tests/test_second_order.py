@@ -41,6 +41,58 @@ def test_second_derivatives_match_pytorchs_double_backward():
         assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("stride,padding,kernel,bias", [(1, 1, 3, False), (2, 1, 3, True), (2, 0, 1, False)])
+def test_convolution_first_and_second_derivatives_are_exact(stride, padding, kernel, bias):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, kernel, kernel, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    inputs = (x, w, b) if bias else (x, w)
+    fn = lambda x, w, b=None: so.conv2d(x, w, b, stride, padding)
+    assert torch.allclose(fn(*inputs), F.conv2d(x, w, b, stride, padding), atol=1e-12)
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_convolution_double_backward_matches_pytorchs_for_the_weights():
+    """The gradient of ||grad_x <v, conv(x)>||^2 with respect to x and to the weight, through ours and PyTorch's."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 5, 3, 3, generator=g, dtype=torch.float64)
+    grads = []
+    for conv in (so.conv2d, F.conv2d):
+        out = conv(x, w, None, 2, 1)
+        (s,) = torch.autograd.grad((v * torch.tanh(out)).sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad((s.pow(2)).sum(), (x, w)))
+    for ours, theirs in zip(*grads):
+        assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_input_gradient_only_skips_the_weight_gradient_and_keeps_the_input_gradient():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    (full,) = torch.autograd.grad(so.conv2d(x, w, None, 1, 1).pow(2).sum(), x)
+    with so.input_gradient_only():
+        (only,) = torch.autograd.grad(so.conv2d(x, w, None, 1, 1).pow(2).sum(), x)
+        weight_grad = torch.autograd.grad(so.conv2d(x, w, None, 1, 1).sum(), w, allow_unused=True)[0]
+    assert torch.equal(full, only)
+    assert weight_grad is None  # the point of the switch: no weight gradient is computed inside it
+
+
+def test_the_convolution_module_keeps_nn_conv2d_parameters_and_falls_back_outside_the_switch():
+    torch.manual_seed(0)
+    ours, theirs = so.Conv2d(3, 4, 3, 2, 1), torch.nn.Conv2d(3, 4, 3, 2, 1)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert isinstance(ours, torch.nn.Conv2d) and ours.state_dict().keys() == theirs.state_dict().keys()
+    assert torch.equal(ours(x), theirs(x))
+    with so.second_order_layers():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+    with pytest.raises(ValueError, match="padding as numbers"):
+        so.conv2d(x, ours.weight, None, 1, "same")
+
+
 def test_a_third_derivative_is_refused():
     x = torch.randn(5, dtype=torch.float64, requires_grad=True)
     (d1,) = torch.autograd.grad(so.gelu(x).sum(), x, create_graph=True)
@@ -78,7 +130,7 @@ def test_a_training_run_with_the_closed_forms_follows_the_reference(monkeypatch,
     for setting in ("on", "off"):
         monkeypatch.setenv("CDN_SECOND_ORDER", setting)
         state = train(config, tmp_path / setting, data, device="cpu", progress=False)
-        assert state["second_order"] == ("closed form, compiled" if setting == "on" else "autograd")
+        assert state["second_order"] == (so.DESCRIPTION if setting == "on" else "autograd")
         logs[setting] = [json.loads(line) for line in (tmp_path / setting / "log.jsonl").read_text().splitlines()]
         weights[setting] = load_file(tmp_path / setting / "model.safetensors")
     for a, b in zip(logs["on"], logs["off"]):

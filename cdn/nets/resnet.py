@@ -11,7 +11,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..joint import upcast
 from torch import nn
 
 from . import second_order
@@ -25,6 +24,11 @@ def sigma_embedding(sigma: torch.Tensor, dim: int = SIGMA_EMBED_DIM) -> torch.Te
     log_s = torch.log(sigma.float().clamp_min(1e-4)).view(-1, 1)
     freqs = torch.logspace(-1.5, 0.5, dim // 2, device=sigma.device).view(1, -1)
     return torch.cat([torch.sin(freqs * log_s), torch.cos(freqs * log_s)], dim=1)
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors (bf16 autocast), unchanged otherwise (float64 stays)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def group_count(channels: int, max_groups: int = 32) -> int:
@@ -136,14 +140,14 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, norm: str, act: str, bias: bool, cond: bool):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
+        self.conv1 = second_order.Conv2d(cin, cout, 3, stride, 1, bias=bias)
         self.norm1 = make_norm(norm, cout, cond)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
+        self.conv2 = second_order.Conv2d(cout, cout, 3, 1, 1, bias=bias)
         self.norm2 = make_norm(norm, cout, cond)
         self.act = make_activation(act)
         self.shortcut_conv = None
         if stride != 1 or cin != cout:
-            self.shortcut_conv = nn.Conv2d(cin, cout, 1, stride, bias=bias)
+            self.shortcut_conv = second_order.Conv2d(cin, cout, 1, stride, bias=bias)
             self.shortcut_norm = make_norm(norm, cout, cond)
 
     def forward(self, h, emb=None):
@@ -162,11 +166,11 @@ class PreActBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, norm: str, act: str, bias: bool, cond: bool):
         super().__init__()
         self.norm1 = make_norm(norm, cin, cond)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
+        self.conv1 = second_order.Conv2d(cin, cout, 3, stride, 1, bias=bias)
         self.norm2 = make_norm(norm, cout, cond)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
+        self.conv2 = second_order.Conv2d(cout, cout, 3, 1, 1, bias=bias)
         self.act = make_activation(act)
-        self.shortcut_conv = nn.Conv2d(cin, cout, 1, stride, bias=bias) if stride != 1 or cin != cout else None
+        self.shortcut_conv = second_order.Conv2d(cin, cout, 1, stride, bias=bias) if stride != 1 or cin != cout else None
 
     def forward(self, h, emb=None):
         out = self.conv1(self.act(self.norm1(h, emb)))
@@ -182,13 +186,13 @@ class PostActBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, norm: str, act: str, bias: bool, cond: bool):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
+        self.conv1 = second_order.Conv2d(cin, cout, 3, stride, 1, bias=bias)
+        self.conv2 = second_order.Conv2d(cout, cout, 3, 1, 1, bias=bias)
         self.act = make_activation(act)
         self.norm = make_norm(norm, cout, cond)
         self.shortcut_conv = None
         if stride != 1 or cin != cout:
-            self.shortcut_conv = nn.Conv2d(cin, cout, 1, stride, bias=bias)
+            self.shortcut_conv = second_order.Conv2d(cin, cout, 1, stride, bias=bias)
             self.shortcut_norm = make_norm(norm, cout, cond)
 
     def forward(self, h, emb=None):
@@ -257,7 +261,7 @@ class ResNet(nn.Module):
         #: ``y = x + sigma eps`` with ``sigma^2 = (1 - abar) / abar``; set by ``cdn.train.make_net``
         self.input_scaling = False
         widths = [width, 2 * width, 4 * width, 8 * width]
-        self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=bias)
+        self.stem = second_order.Conv2d(in_channels, width, 3, 1, 1, bias=bias)
         self.stem_norm = make_norm(norm, width, noise_conditioning) if block == "basic" else None
         self.act = make_activation(activation)
         self.readout_norms = (nn.ModuleList([make_norm(norm, w, noise_conditioning) for w in widths])
@@ -276,7 +280,7 @@ class ResNet(nn.Module):
             self.side = nn.ModuleList([nn.Linear(w, max(1, w // 2), bias=False) for w in widths[:-1]])
         n_features = widths[-1] + (sum(max(1, w // 2) for w in widths[:-1]) if side == "concat" else 0)
         self.fc = nn.Linear(n_features, num_classes, bias=bias)
-        self.energy_conv = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False) if head == "logenergy" else None
+        self.energy_conv = second_order.Conv2d(in_channels, width, 3, 1, 1, bias=False) if head == "logenergy" else None
         self.log_s = nn.Parameter(torch.zeros(())) if head == "quadratic" else None
 
     def _fp32(self, t: torch.Tensor):

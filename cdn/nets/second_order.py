@@ -17,8 +17,17 @@ and, for the gradient ``u`` arriving at ``B``,
 with ``a = mean(g xh)``, ``b = mean(u xh)``. GELU, ``gelu(x) = x Phi(x)``:
     ``gelu'(x) = Phi(x) + x phi(x)``, ``gelu''(x) = phi(x) (2 - x^2)``.
 
+Convolution, ``y = W * x`` (``conv``): its backward is linear in ``g`` and in ``W`` and in ``x``,
+    ``dL/dx = W^T g`` (``conv_transpose``), ``dL/dW = g (x) x`` (oneDNN's weight-gradient kernel),
+and the backward of ``W^T g`` for an incoming ``u`` is ``W * u`` (a forward convolution) with respect to
+``g`` and ``g (x) u`` (the weight-gradient kernel again) with respect to ``W``. PyTorch's own double
+backward of a convolution computes that last product as a convolution of the batch-transposed
+tensors (a kernel the size of the image), which oneDNN runs several times slower than its
+weight-gradient kernel. Inside ``input_gradient_only()`` (the score pass of ``cdn.joint``, which
+differentiates with respect to the image only) the first backward skips the weight gradient.
+
 A third derivative is refused (``once_differentiable``). ``second_order_layers()`` switches the
-layers of ``cdn.nets.resnet`` to these functions inside its ``with`` block; outside it they use
+layers of ``cdn.nets.resnet`` (GroupNorm, GELU and ``Conv2d``) to these functions inside its ``with`` block; outside it they use
 PyTorch's own. The second-derivative terms run as kernels fused by ``torch.compile`` (one loop per
 layer shape, compiled once per process, about 30 s the first time on a CPU and a few seconds from the
 inductor cache): written as separate PyTorch operations they are slower than PyTorch's own.
@@ -34,9 +43,11 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 _ACTIVE = False
+_INPUT_ONLY = False
 
 
 def active() -> bool:
@@ -53,6 +64,18 @@ def second_order_layers(enabled: bool = True):
         yield
     finally:
         _ACTIVE = before
+
+
+@contextlib.contextmanager
+def input_gradient_only():
+    """Inside the block, a first backward through ``conv2d`` returns no weight or bias gradient (for a
+    backward pass that differentiates with respect to the input only, as the score ``grad_y E`` does)."""
+    global _INPUT_ONLY
+    before, _INPUT_ONLY = _INPUT_ONLY, True
+    try:
+        yield
+    finally:
+        _INPUT_ONLY = before
 
 
 def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
@@ -80,6 +103,9 @@ def _gelu_grads(g, u, x):
     cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
     return u * (cdf + x * pdf), u * g * pdf * (2.0 - x2)
 
+
+#: False: ``Conv2d`` keeps PyTorch's convolution inside ``second_order_layers()`` (a benchmark's ablation)
+CONV = True
 
 _EAGER = {"gn": _gn_grads, "gelu": _gelu_grads}
 _COMPILED: dict = {}
@@ -176,6 +202,103 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return _Gelu.apply(x)
 
 
+def _conv_backward(g, x, w, conf, mask):
+    """``(W^T g, g (x) x, None)`` as ``mask`` asks: ``aten.convolution_backward`` (oneDNN's kernels on a CPU)."""
+    stride, padding, dilation, groups = conf
+    return torch.ops.aten.convolution_backward(g, x, w, None, stride, padding, dilation, False, [0, 0], groups, mask)
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    """``dL/dW = g (x) x``: bilinear in ``(g, x)``; its backward is ``x * u`` for ``g`` and ``u^T g`` for ``x``."""
+
+    @staticmethod
+    def forward(ctx, g, x, w, conf):
+        ctx.save_for_backward(g, x, w)
+        ctx.conf = conf
+        return _conv_backward(g, x, w, conf, [False, True, False])[1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, u):
+        g, x, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        du_g = F.conv2d(x, u, None, stride, padding, dilation, groups) if ctx.needs_input_grad[0] else None
+        du_x = _conv_backward(g, x, u, ctx.conf, [True, False, False])[0] if ctx.needs_input_grad[1] else None
+        return du_g, du_x, None, None
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """``dL/dx = W^T g``: bilinear in ``(g, W)``; its backward is ``W * u`` for ``g`` and ``g (x) u`` for ``W``."""
+
+    @staticmethod
+    def forward(ctx, g, x, w, conf):
+        ctx.save_for_backward(g, x, w)
+        ctx.conf = conf
+        return _conv_backward(g, x, w, conf, [True, False, False])[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, u):
+        g, x, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        du_g = F.conv2d(u, w, None, stride, padding, dilation, groups) if ctx.needs_input_grad[0] else None
+        du_w = _conv_backward(g, u, w, ctx.conf, [False, True, False])[1] if ctx.needs_input_grad[2] else None
+        return du_g, None, du_w, None
+
+
+class _Conv(torch.autograd.Function):
+    """``W * x + b``; its backward by ``_ConvInputGrad`` and ``_ConvWeightGrad`` (one oneDNN call when no
+    graph is built)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, conf):
+        ctx.save_for_backward(x, w)
+        ctx.conf = conf
+        ctx.has_bias = b is not None
+        stride, padding, dilation, groups = conf
+        return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if _INPUT_ONLY:
+            need_w = need_b = False
+        if torch.is_grad_enabled():  # create_graph: a gradient that is differentiated again
+            gx = _ConvInputGrad.apply(g, x, w, ctx.conf) if need_x else None
+            gw = _ConvWeightGrad.apply(g, x, w, ctx.conf) if need_w else None
+        else:
+            gx, gw, _ = _conv_backward(g, x, w, ctx.conf, [need_x, need_w, False])
+        gb = g.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        return gx, gw, gb, None
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=(1, 1), padding=(0, 0),
+           dilation=(1, 1), groups: int = 1) -> torch.Tensor:
+    """``F.conv2d`` (zero padding given as numbers) with the closed-form double backward of the module docstring."""
+    if isinstance(padding, str):
+        raise ValueError(f"conv2d needs padding as numbers, got {padding!r}")
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    return _Conv.apply(x, weight, bias, (pair(stride), pair(padding), pair(dilation), groups))
+
+
+class Conv2d(torch.nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state dict) that uses ``conv2d`` inside ``second_order_layers()``
+    with zero padding (under autocast, on inputs cast to autocast's dtype); PyTorch's own convolution otherwise."""
+
+    def _conv_forward(self, input, weight, bias):
+        if not (_ACTIVE and CONV) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super()._conv_forward(input, weight, bias)
+        device = input.device.type
+        if torch.is_autocast_enabled(device):  # autocast's cast, done here so that the gradients share one dtype
+            dtype = torch.get_autocast_dtype(device)
+            input, weight = input.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+            with torch.autocast(device, enabled=False):
+                return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 #: ``$CDN_SECOND_ORDER``: ``auto`` (the default: on for the joint loss where ``torch.compile`` works),
 #: ``on`` (on for the joint loss; an error where the compiler fails) or ``off`` (PyTorch's own layers)
 SETTINGS = ("auto", "on", "off")
@@ -199,6 +322,9 @@ def compiler_works(device: torch.device | str = "cpu") -> bool:
             _COMPILER_WORKS[key] = False
     return _COMPILER_WORKS[key]
 
+
+#: how a run or a benchmark row names the second derivatives these layers give
+DESCRIPTION = "closed form (GroupNorm, GELU compiled; convolutions by oneDNN's gradient kernels)"
 
 #: below this many steps ``auto`` keeps PyTorch's layers: the compilation (tens of seconds) would cost more
 #: than it saves (the smoke profile's runs)
