@@ -5,7 +5,7 @@ batch and image size, as ratios to the cross-entropy GradResNet step (chapter "E
     python -m benchmarks --smoke [--out FILE]           tiny sizes, a few cases: seconds
     python -m benchmarks --sweep [--widths 8 16 32] [--batches 32 64 128] [--out results/bench-sweep-cpu-2core.json]
     python -m benchmarks --precision [--batch 128] [--out results/bench-precision-cpu.json]   float32 and bf16
-    python -m benchmarks --roofline [--batch 128] [--out results/bench-roofline-cpu.json]   FLOPs, peak, speed-up
+    python -m benchmarks --roofline [--batch 128] [--out results/bench-roofline-MACHINE-2core.json]   FLOPs, peak, speed-up
 
 Each configuration runs in its own process so that its peak memory (CPU: peak resident set size;
 GPU: torch.cuda.max_memory_allocated) is its own. Times are medians over ``reps`` steps after two

@@ -2,7 +2,7 @@
 steps of ``cdn.train.train_step``, the top operators by self time, for the step ``cdn train`` runs and
 for plain float32 autograd.
 
-    python -m benchmarks.profile [--width 16] [--batch 128] [--steps 2] [--top 12] [--out results/profile-joint-cpu.json]
+    python -m benchmarks.profile [--width 16] [--batch 128] [--steps 2] [--top 12] [--out results/profile-joint-MACHINE.json]
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@ one trained with the closed-form second derivatives (``CDN_SECOND_ORDER=on``) an
 (``CDN_SECOND_ORDER=off``), compared on their evaluation (``metrics.json``): accuracy at every sigma with its
 binomial standard error, and the PSNR of D(y), D(y, c) and D(y, wrong c).
 
-    CDN_RUNS=RUNS_ON  CDN_SECOND_ORDER=on  python -m cdn train --profile quick --model gradresnet --no-progress
-    CDN_RUNS=RUNS_OFF CDN_SECOND_ORDER=off python -m cdn train --profile quick --model gradresnet --no-progress
+    CDN_RUNS=RUNS_ON  CDN_SECOND_ORDER=on  python -m cdn train --profile quick --model gradresnet --no-progress --retrain
+    CDN_RUNS=RUNS_OFF CDN_SECOND_ORDER=off python -m cdn train --profile quick --model gradresnet --no-progress --retrain
     python -m benchmarks.training_check RUNS_ON/RUN RUNS_OFF/RUN --out results/second-order-quick-check.json
 
 (two folders of runs, since both runs have the same configuration and so the same name).

@@ -174,8 +174,9 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 #: comparison (not the same seconds: the joint step costs about three cross-entropy steps), ten epochs
 #: of the 50,000 training images at batch 128. In float32 on every machine, so that the committed runs do
 #: not depend on whether the CPU that trained them had a bf16 unit. Width 16: one joint step of batch 128
-#: takes about 0.8 s on two cores (results/bench-roofline-cpu-2core.json), so the joint model trains in
-#: about an hour. The weights' average (ema_decay 0.999 with the ramp-up of cdn.train.ema_decay_at,
+#: takes 0.4 to 0.8 s on two cores (results/bench-roofline-*.json: 0.76 s on an Intel Xeon before the
+#: convolutions' closed-form second derivatives, about 0.4 s on an AMD EPYC with them), so the joint model
+#: trains in half an hour to an hour. The weights' average (ema_decay 0.999 with the ramp-up of cdn.train.ema_decay_at,
 #: (1 + t) / (10 + t)) spans about the last quarter of the steps.
 CPU_EPOCHS = 10
 #: ten epochs are 3,907 steps of batch 128; rounded up to a multiple of the log interval

@@ -81,3 +81,36 @@ def test_the_profile_lists_operators_by_self_time(tmp_path):
     shares = [r["share"] for r in ref["rows"]]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
     assert data["train_step"]["second_order"] == "autograd"  # CDN_SECOND_ORDER=off in the tests
+
+
+def _fake_run(folder, accuracies, psnrs, n=200, test="CIFAR-10 JPEG copy, subset of 200"):
+    folder.mkdir(parents=True)
+    metrics = {"run": folder.name, "train_time_s": 100.0, "key": {"test": test, "n": n},
+               "classification": [{"sigma": s, "accuracy": a} for s, a in zip((0.0, 0.1), accuracies)],
+               "denoising": [{"sigma": 0.1, "noisy": 20.0, "D(y)": p, "D(y,c)": p, "D(y,wrong c)": p} for p in psnrs]}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "state.json").write_text(json.dumps({"machine": "cpu (test)", "commit": "abc", "autocast": "float32",
+                                                   "second_order": "autograd"}))
+    return folder
+
+
+def test_the_training_check_compares_two_runs_against_the_standard_error(tmp_path):
+    from benchmarks.training_check import compare, main as check_main
+
+    fast = _fake_run(tmp_path / "on" / "run-a", (0.50, 0.40), (26.0,))
+    ref = _fake_run(tmp_path / "off" / "run-a", (0.48, 0.43), (25.5,))
+    result = compare(fast, ref)
+    assert result["largest_accuracy_difference"] == pytest.approx(0.03)
+    se = (2 * 0.415 * 0.585 / 200) ** 0.5  # sigma = 0.1: p = (0.40 + 0.43) / 2
+    assert result["accuracy"][1]["standard_error"] == pytest.approx(se)
+    assert result["largest_accuracy_difference_in_standard_errors"] == pytest.approx(0.03 / se)
+    assert result["largest_psnr_difference_db"] == pytest.approx(0.5)
+    out = tmp_path / "check.json"
+    check_main([str(fast), str(ref), "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert str(tmp_path) not in written["command"]  # runs by name, not by this machine's paths
+    other = _fake_run(tmp_path / "other", (0.5, 0.4), (26.0,), test="another subset")
+    with pytest.raises(ValueError, match="different images"):
+        compare(fast, other)
+    with pytest.raises(FileNotFoundError, match="finished and evaluated run"):
+        compare(tmp_path / "missing", ref)
