@@ -9,7 +9,9 @@ or trained.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
+import re
 import json
 import platform
 import subprocess
@@ -19,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text
-from .data import REPO_ROOT, cache_dir
+from .checkpoint import atomic_write_text, sha256_file
+from .data import REPO_ROOT, cache_dir, candidate_dirs
 from .profiles import PROFILE_SETTINGS, get_config, runs_profile
 from .runs import Data, Run, find_committed, get_or_train, load_run, portable_source, resolve_data, results_root
 
@@ -104,15 +106,39 @@ def device_description(device: str | torch.device | None = None) -> str:
     return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
 
 
+@functools.lru_cache(maxsize=None)
+def _data_file_sha256(name: str) -> str | None:
+    """The sha256 of the data file ``name`` in the data folders (``cdn.data.candidate_dirs``), None if absent."""
+    for d in candidate_dirs(None):
+        if (d / name).is_file():
+            return sha256_file(d / name)
+    return None
+
+
+_DATA_FILE = re.compile(r"\(([^()]*?\.(?:tar\.gz|tgz|zip|npz))([,)])")
+
+
+def described_data(data_source: str) -> str:
+    """``data_source`` without this machine's paths (``cdn.runs.portable_source``), each data file named with
+    the first 12 hex digits of its sha256 where the file is found: ``CIFAR-10 JPEG copy (/data/cifar10-jpeg.tar.gz)``
+    -> ``CIFAR-10 JPEG copy (cifar10-jpeg.tar.gz, sha256 45b041e867f5)``."""
+    def with_digest(m: re.Match) -> str:
+        digest = _data_file_sha256(m.group(1))
+        return f"({m.group(1)}, sha256 {digest[:12]}{m.group(2)}" if digest else m.group(0)
+
+    return _DATA_FILE.sub(with_digest, portable_source(data_source))
+
+
 def provenance(data_source: str, profile: str, device=None) -> dict[str, str]:
-    """The facts of the provenance box as a dict: profile, data, device, commit, date (UTC)."""
+    """The facts of the provenance box as a dict: profile, data (by file name and checksum, ``described_data``),
+    device, commit, date (UTC)."""
     if not isinstance(data_source, str) or not data_source:
         raise ValueError(f"data_source must be a non-empty string (e.g. Data.source), got {data_source!r}")
     if not isinstance(profile, str) or not profile:
         raise ValueError(f"profile must be a non-empty string, got {profile!r}")
     return {
         "profile": profile,
-        "data": data_source,
+        "data": described_data(data_source),
         "device": device_description(device),
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -78,3 +78,21 @@ def test_bm3d_reference_denoises_and_sees_the_same_images_as_the_networks():
     grey = denoise(y[:, :1], 0.1)
     assert grey.shape == (2, 1, 16, 16) and (psnr(grey, x[:, :1]) > psnr(y[:, :1], x[:, :1])).all()
     assert denoise(y, 0.0) is y
+
+
+def test_the_provenance_box_names_the_data_by_file_and_checksum_not_by_path(tmp_path, monkeypatch):
+    import hashlib
+
+    data = tmp_path / "machine-specific" / "data"
+    data.mkdir(parents=True)
+    (data / "cifar10-test.tar.gz").write_bytes(b"not really CIFAR-10")
+    monkeypatch.setenv("CDN_DATA", str(data))
+    report._data_file_sha256.cache_clear()
+    facts = report.provenance(f"CIFAR-10 JPEG copy ({data / 'cifar10-test.tar.gz'}), subset of 2000", "quick")
+    digest = hashlib.sha256(b"not really CIFAR-10").hexdigest()[:12]
+    assert facts["data"] == f"CIFAR-10 JPEG copy (cifar10-test.tar.gz, sha256 {digest}), subset of 2000"
+    assert str(tmp_path) not in report.provenance_markdown(f"x ({data / 'cifar10-test.tar.gz'})", "quick")
+    # a file the data folders do not hold keeps its name, without a checksum; other sources are unchanged
+    assert report.described_data("x (/elsewhere/gone.tar.gz)") == "x (gone.tar.gz)"
+    assert report.described_data("scikit-learn digits (load_digits)") == "scikit-learn digits (load_digits)"
+    report._data_file_sha256.cache_clear()
