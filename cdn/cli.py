@@ -110,9 +110,10 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def load_image(path: str | Path, in_channels: int, size: int):
-    """Read an image file as a (1, C, size, size) float tensor in [0, 1]; clear errors for files that
-    are not images, have absurd sizes, or cannot be matched to the model's channels."""
+def load_image(path: str | Path, in_channels: int, size: int | None):
+    """Read an image file as a (1, C, size, size) float tensor in [0, 1] (``size`` None: at its own
+    resolution, (1, C, H, W)); clear errors for files that are not images, have absurd sizes, or cannot
+    be matched to the model's channels."""
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
@@ -141,9 +142,32 @@ def load_image(path: str | Path, in_channels: int, size: int):
         t = t.expand(3, -1, -1)
     elif t.shape[0] == 3 and in_channels == 1:
         t = (0.299 * t[0] + 0.587 * t[1] + 0.114 * t[2])[None]
+    if size is None:
+        return t[None].float().clamp(0, 1).contiguous()
     t = torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode="bicubic", antialias=True,
                                         align_corners=False)
     return t.clamp(0, 1).contiguous()
+
+
+#: patches denoised per batch by ``denoise_tiled``
+TILE_BATCH = 64
+
+
+def denoise_tiled(denoise, y, size: int):
+    """``denoise`` (a map of (N, C, size, size) batches) applied to a (1, C, H, W) image of any size: the
+    image is padded at its bottom and right edges by replication to multiples of ``size``, cut into
+    ``size`` x ``size`` patches (``cdn.report.tile``), denoised ``TILE_BATCH`` patches at a time, put back
+    together and cropped to H x W (the models are trained on ``size`` x ``size`` images)."""
+    import torch
+
+    from .report import tile, untile
+
+    h, w = y.shape[-2:]
+    ph, pw = -h % size, -w % size
+    padded = torch.nn.functional.pad(y, (0, pw, 0, ph), mode="replicate") if ph or pw else y
+    patches = tile(padded[0], size)
+    out = torch.cat([denoise(patches[i:i + TILE_BATCH]).detach() for i in range(0, len(patches), TILE_BATCH)])
+    return untile(out, h + ph, w + pw)[None, :, :h, :w]
 
 
 def _save_png(t, path: Path) -> None:
@@ -163,20 +187,25 @@ def cmd_denoise(args) -> int:
     run = load_run(args.run, args.device)
     if run.config.objective not in ("joint", "mse", "dsm_conditional"):
         raise ValueError(f"run {run.name} is a classifier ({run.config.model}); denoise needs a joint or UNet run")
-    x = load_image(args.image, run.state["in_channels"], run.state["image_size"]).to(next(run.net.parameters()).device)
+    x = load_image(args.image, run.state["in_channels"], None).to(next(run.net.parameters()).device)
     g = torch.Generator().manual_seed(args.seed)
     y = x + args.sigma * torch.randn(x.shape, generator=g).to(x.device)
     if run.config.objective == "mse":
-        with torch.no_grad():
-            d = run.net(y)
+        def denoise(patches):
+            with torch.no_grad():
+                return run.net(patches)
     else:
         c = None
         if args.cls is not None:
             classes = run.state["classes"]
             if not 0 <= args.cls < len(classes):
                 raise ValueError(f"--class must be in [0, {len(classes) - 1}], got {args.cls}")
-            c = torch.tensor([args.cls], device=x.device)
-        d = run.model.denoise(y, args.sigma, c)
+            c = args.cls
+
+        def denoise(patches):
+            cls = None if c is None else torch.full((len(patches),), c, dtype=torch.long, device=patches.device)
+            return run.model.denoise(patches, args.sigma, cls)
+    d = denoise_tiled(denoise, y, run.state["image_size"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
@@ -282,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("denoise", help="add noise of level sigma to an image and denoise it; writes two PNGs")
-    d.add_argument("image", help="an image file (PNG, JPEG); resized to the model's image size")
+    d.add_argument("image", help="an image file (PNG, JPEG), denoised at its own resolution in patches of the "
+                                 "model's image size")
     d.add_argument("--run", required=True, help="a finished joint (gradresnet) or unet run directory")
     d.add_argument("--sigma", type=float, required=True, help="noise standard deviation on the [0, 1] pixel scale")
     d.add_argument("--class", dest="cls", type=int, default=None, help="class index for the conditional denoiser D(y, c)")

@@ -44,12 +44,31 @@ def test_train_eval_denoise_classify(trained, tmp_path, capsys):
                  str(tmp_path / "out"), "--device", "cpu"]) == 0
     noisy = Image.open(tmp_path / "out" / "grating-noisy-0.1.png")
     den = Image.open(tmp_path / "out" / "grating-denoised-0.1.png")
-    assert noisy.size == den.size == (16, 16)
+    assert noisy.size == den.size == (24, 20)  # the image's own size, denoised in 16x16 patches (smoke model)
     capsys.readouterr()
     assert main(["classify", str(img), "--run", str(trained), "--device", "cpu", "--top", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     probs = [float(line.split()[-1]) for line in lines]
     assert len(probs) == 2 and probs[0] >= probs[1]
+
+
+def test_tiled_denoising_equals_the_model_on_each_patch_and_keeps_the_size():
+    import torch
+
+    from cdn.cli import denoise_tiled
+
+    y = torch.rand(1, 3, 20, 37)
+    calls = []
+
+    def denoise(p):
+        calls.append(len(p))
+        return p * 2 + p.mean((1, 2, 3), keepdim=True)  # depends on the whole patch: patch boundaries matter
+
+    d = denoise_tiled(denoise, y, 8)
+    assert d.shape == y.shape and sum(calls) == 3 * 5
+    torch.testing.assert_close(d[..., 8:16, 16:24], denoise(y[..., 8:16, 16:24]))
+    edge = torch.nn.functional.pad(y, (0, 3, 0, 4), mode="replicate")[..., 16:24, 32:40]
+    torch.testing.assert_close(d[..., 16:20, 32:37], denoise(edge)[..., :4, :5])
 
 
 def test_clear_errors(trained, tmp_path, capsys):
