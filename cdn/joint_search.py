@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = measure(name, a.data_dir, profile=profile, budget=budget)
         rows[name]["command"] = "python -m cdn.joint_search " + " ".join(argv or sys.argv[1:])
         rows[name]["commit"] = git_commit()
+        rows[name]["machine"] = device_description(torch.device("cpu"))  # rows of one file may come from several
         out = {"meta": {"command": "python -m cdn.joint_search " + " ".join(argv or sys.argv[1:]),
                         "commit": git_commit(), "machine": device_description(torch.device("cpu")),
                         "torch": torch.__version__, "data": data_record("cifar10", a.data_dir), "budget": {"name": a.budget, "profile": profile, **budget},
