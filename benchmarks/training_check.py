@@ -28,6 +28,7 @@ def _read(run_dir: Path) -> dict:
     m, s = json.loads(metrics.read_text()), json.loads(state.read_text())
     return {"run": m["run"], "machine": s.get("machine"), "commit": s.get("commit"), "precision": s.get("autocast"),
             "second_order": s.get("second_order"), "train_time_s": m["train_time_s"], "test": m["key"]["test"],
+            "test_images": m["key"]["n"],
             "classification": m["classification"], "denoising": m["denoising"]}
 
 
@@ -37,7 +38,7 @@ def compare(fast_dir: Path, reference_dir: Path) -> dict:
     fast, ref = _read(Path(fast_dir)), _read(Path(reference_dir))
     if fast["test"] != ref["test"]:
         raise ValueError(f"the runs were evaluated on different images: {fast['test']!r} and {ref['test']!r}")
-    n = json.loads((Path(fast_dir) / "metrics.json").read_text())["key"]["n"]
+    n = fast["test_images"]
     accuracy = []
     for a, b in zip(fast["classification"], ref["classification"], strict=True):
         p = (a["accuracy"] + b["accuracy"]) / 2
