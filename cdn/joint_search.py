@@ -64,6 +64,12 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "all-stages log-energy": ("gradresnet-stagesenergy", {}),
     "stage-1 log-energy, lam 10, EDM's log-normal sigma": ("gradresnet-stage1energy",
                                                           {"lam": 10.0, "sigma_distribution": "log_normal"}),
+    "stage-1 log-energy, lam 3": ("gradresnet-stage1energy", {"lam": 3.0}),
+    "stage-1 log-energy, lam 10, cross-entropy on clean and noisy": ("gradresnet-stage1energy",
+                                                                    {"lam": 10.0, "ce_on": "both"}),
+    "stage-1 log-energy, lam 10, width 32": ("gradresnet-stage1energy", {"lam": 10.0, "width": 32}),
+    "stage-1 log-energy, lam 10, noise-conditioned": ("gradresnet-cond", {"lam": 10.0}),
+    "cross-entropy on the same noisy images, width 32": ("gradresnet-ce-noisy", {"width": 32}),
     # references for the confirmation budget
     "cross-entropy on clean images": ("gradresnet-ce", {}),
     "UNet (denoising only)": ("unet", {}),
