@@ -12,9 +12,9 @@ GPU: torch.cuda.max_memory_allocated) is its own. Times are medians over ``reps`
 warm-up steps (the first one, compilation included for compiled cases, is reported as
 ``first_step_s``). The training cases time ``cdn.train.train_step``, the step ``cdn train`` runs
 (``-reference``: plain float32 autograd), and report the FLOPs of one step (``gflop_per_step``, matrix
-products and convolutions counted by ``cdn.efficiency.step_flops``) and the rate reached (``gflops``);
+products and convolutions counted by ``cdn.experiments.efficiency.step_flops``) and the rate reached (``gflops``);
 the ``matmul`` cases measure the machine's attainable peak in the same run, and the summary gives each
-training case's fraction of it. The JEM cases time one update of ``cdn.baselines.jem.JEMTrainer`` (K
+training case's fraction of it. The JEM cases time one update of ``cdn.experiments.jem.JEMTrainer`` (K
 SGLD steps from its replay buffer, then the loss). The summary holds the ratios the issues' goals are
 stated in.
 """
@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown cases {unknown}; known: {', '.join(known)}")
     cases = [c for c in CASES if c[0] in wanted]
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from cdn.report import device_description, git_commit
+    from cdn.provenance import device_description, git_commit
 
     result = {"device": device if device == "cpu" else torch.cuda.get_device_name(), "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "machine": device_description(device),

@@ -8,11 +8,11 @@ machine with a bf16 unit, and for the joint loss the closed-form second derivati
 autograd instead; option ``precision``: "float32" or "bf16" forced; option ``autograd``: PyTorch's own
 second derivatives; option ``conv_autograd``: the closed forms of GroupNorm and GELU only, PyTorch's
 convolutions), ``matmul`` (one 2048 x 2048
-matrix product in ``options["dtype"]``: the machine's attainable peak, the roofline's ceiling), ``jem`` (one update of ``cdn.baselines.jem.JEMTrainer`` with
+matrix product in ``options["dtype"]``: the machine's attainable peak, the roofline's ceiling), ``jem`` (one update of ``cdn.experiments.jem.JEMTrainer`` with
 ``options["k"]`` SGLD steps), ``infer_classify`` / ``infer_denoise`` (per-batch inference),
-``joint_func`` (the same joint step written with ``torch.func``, ``cdn.compiled``),
+``joint_func`` (the same joint step written with ``torch.func``, ``cdn.experiments.compiled_loss``),
 ``data_fast`` / ``data_plain`` (one training batch from a CIFAR-sized uint8 tensor: the batched
-path ``cdn.data.fast_batch`` or the per-image ``cdn.plain_data`` DataLoader). Options: ``threads``
+path ``cdn.data.fast_batch`` or the per-image ``cdn.experiments.per_image_loader`` DataLoader). Options: ``threads``
 (torch threads of this case), ``compile`` (``torch.compile`` the network, or for ``joint_func``
 the whole loss function; the first step's time,
 compilation included, is reported as ``compile_s``; a failure is reported with its error).
@@ -79,16 +79,16 @@ def _one(args) -> dict:
     name, arch, objective, options, width, batch, size, reps, device = args
     import torch
 
-    from cdn.baselines.jem import JEMTrainer
-    from cdn.compiled import joint_loss
+    from cdn.experiments.jem import JEMTrainer
+    from cdn.experiments.compiled_loss import joint_loss
     from cdn.data import ImageDataset, epoch_permutation, fast_batch
-    from cdn.efficiency import step_flops
+    from cdn.experiments.efficiency import step_flops
     from cdn.joint import JointModel
     from cdn.losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
     from cdn.nets import build_net
     from cdn.nets import second_order
     from cdn.nets.second_order import use_second_order
-    from cdn.plain_data import plain_loader
+    from cdn.experiments.per_image_loader import plain_loader
     from cdn.profiles import get_config
     from cdn.train import autocast_bf16, train_step
 

@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     import torch
 
-    from cdn.report import device_description, git_commit
+    from cdn.provenance import device_description, git_commit
 
     out = {"command": "python -m benchmarks.profile " + " ".join(argv if argv is not None else sys.argv[1:]),
            "commit": git_commit(), "machine": device_description("cpu"), "torch": torch.__version__,

@@ -10,7 +10,7 @@ checkpoint count. A kill leaves at worst a ``.tmp`` file or a safetensors file w
 both ignored (and the ``.tmp`` removed by ``remove_stale_tmp``), and the previous checkpoint intact.
 
 A finished run's weights are ``model.safetensors`` or, split into files of bounded size (a GPU
-sprint's, ``cdn.sprint``), ``model-00001-of-0000N.safetensors`` ... (``save_weights``,
+sprint's, ``cdn.experiments.gpu_sprint``), ``model-00001-of-0000N.safetensors`` ... (``save_weights``,
 ``load_weights``); either may be half precision, and ``load_model_state`` casts to the network's dtype.
 
 A data-parallel run stores every rank's generator state (``rng/generator`` for rank 0,

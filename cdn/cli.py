@@ -9,38 +9,33 @@
     cdn book --profile quick [--chapter NAME ...] [--edition full|student] [--retrain]
     cdn claims [--readme]
     cdn bench
+    cdn joint-search | variants | short-budget | sprint ARGS   (the experiments of cdn.experiments; --help each)
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 
 MAX_IMAGE_SIDE = 4096
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    """``["lam=0.5", "width=32"]`` -> ``{"lam": 0.5, "width": 32}`` (values parsed as JSON, else str)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+#: subcommand -> (module of cdn.experiments whose ``main(argv)`` it runs, help)
+EXPERIMENT_COMMANDS = {
+    "joint-search": ("joint_search", "train and measure the joint-model candidates (chapter 10, results/joint-*.json)"),
+    "variants": ("variants", "the GradResNet variants compared at one probe budget (results/architecture-quick.json)"),
+    "short-budget": ("short_budget", "what each part of the short-budget recipe gives (EMA, flips; chapter 01)"),
+    "sprint": ("gpu_sprint", "a GPU sprint of N seconds written as a committed run (results/paper-cifar10/)"),
+}
 
 
 def cmd_train(args) -> int:
     import dataclasses
 
-    from .profiles import get_config
+    from .profiles import get_config, parse_overrides
     from .runs import find_committed, load_run, resolve_data, runs_root
 
-    overrides = _parse_overrides(args.set)
+    overrides = parse_overrides(args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = get_config(args.profile, args.model, args.dataset, **overrides)
@@ -156,11 +151,11 @@ TILE_BATCH = 64
 def denoise_tiled(denoise, y, size: int):
     """``denoise`` (a map of (N, C, size, size) batches) applied to a (1, C, H, W) image of any size: the
     image is padded at its bottom and right edges by replication to multiples of ``size``, cut into
-    ``size`` x ``size`` patches (``cdn.report.tile``), denoised ``TILE_BATCH`` patches at a time, put back
+    ``size`` x ``size`` patches (``cdn.data.tile``), denoised ``TILE_BATCH`` patches at a time, put back
     together and cropped to H x W (the models are trained on ``size`` x ``size`` images)."""
     import torch
 
-    from .report import tile, untile
+    from .data import tile, untile
 
     h, w = y.shape[-2:]
     ph, pw = -h % size, -w % size
@@ -240,7 +235,7 @@ def cmd_export(args) -> int:
 def cmd_book(args) -> int:
     import os
 
-    from .book import build_book
+    from .book.build import build_book
 
     old = os.environ.get("CDN_RETRAIN")
     if args.retrain:  # read by cdn.runs.get_or_train in every chapter's kernel (it inherits the environment)
@@ -258,7 +253,7 @@ def cmd_book(args) -> int:
 
 
 def cmd_claims(args) -> int:
-    from .claims import markdown, write_readme
+    from .book.claims import markdown, write_readme
     from .data import REPO_ROOT
 
     if args.readme:
@@ -267,6 +262,12 @@ def cmd_claims(args) -> int:
     else:
         print(markdown(), end="")
     return 0
+
+
+def cmd_experiment(args) -> int:
+    """Run the experiment module of ``EXPERIMENT_COMMANDS`` named by the subcommand with the remaining arguments."""
+    module = importlib.import_module(f".experiments.{EXPERIMENT_COMMANDS[args.command][0]}", __package__)
+    return module.main(args.rest) or 0
 
 
 def cmd_bench(args) -> int:
@@ -362,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="speed and memory benchmarks (see benchmarks/)")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmarks")
     be.set_defaults(func=cmd_bench)
+
+    for name, (_, text) in EXPERIMENT_COMMANDS.items():
+        ex = sub.add_parser(name, help=text, add_help=False)
+        ex.add_argument("rest", nargs=argparse.REMAINDER, help=f"arguments of cdn {name} (--help lists them)")
+        ex.set_defaults(func=cmd_experiment)
     return p
 
 

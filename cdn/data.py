@@ -412,3 +412,21 @@ def epoch_permutation(n: int, epoch: int, seed: int) -> torch.Tensor:
     a resumed run sees exactly the batches an uninterrupted one would."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
+
+
+def tile(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut a (C, H, W) image into non-overlapping ``size`` x ``size`` patches, row by row: returns
+    (H/size * W/size, C, size, size). H and W must be multiples of ``size``."""
+    c, h, w = image.shape
+    if h % size or w % size:
+        raise ValueError(f"image of size {h}x{w} is not a whole number of {size}x{size} patches")
+    return image.unfold(1, size, size).unfold(2, size, size).permute(1, 2, 0, 3, 4).reshape(-1, c, size, size)
+
+
+def untile(patches: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of ``tile``: patches (N, C, s, s) in row order back into one (C, height, width) image."""
+    n, c, s, _ = patches.shape
+    rows, cols = height // s, width // s
+    if rows * cols != n:
+        raise ValueError(f"{n} patches of {s}x{s} do not make a {height}x{width} image")
+    return patches.reshape(rows, cols, c, s, s).permute(2, 0, 3, 1, 4).reshape(c, height, width)

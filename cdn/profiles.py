@@ -256,3 +256,71 @@ def get_config(profile: str = "quick", model: str = "gradresnet", dataset: str =
         raise ValueError(f"unknown configuration keys {sorted(bad)}; known keys: {', '.join(sorted(known))}")
     settings.update(overrides)
     return Config(**settings)
+
+
+#: Human-readable names of the models of ``cdn.profiles.MODELS`` used in tables and legends.
+MODEL_LABELS = {
+    "gradresnet": "GradResNet (joint)",
+    "gradresnet-cond": "GradResNet (joint, noise-conditioned)",
+    "gradresnet-logenergy": "GradResNet (joint, 3x3 log-energy: the shortcut)",
+    "gradresnet-ce": "GradResNet (cross-entropy only)",
+    "resnet18": "ResNet-18",
+    "resnet18-noise": "ResNet-18 + noise augmentation",
+    "resnet18-mollify": "ResNet-18 + mollification",
+    "unet": "UNet (denoise only)",
+    "dncnn": "DnCNN (bias-free, denoise only)",
+    "gradresnet-ce-noisy": "GradResNet (cross-entropy on noisy images)",
+    "egc": "EGC objective (same GradResNet, noise-conditioned)",
+    "gradresnet-dsm-cond": "GradResNet, D(y, c) by score matching alone",
+}
+
+
+def model_label(model: str) -> str:
+    """The display name of a model of ``cdn.profiles.MODELS`` (the model name itself if unknown)."""
+    return MODEL_LABELS.get(model, model)
+
+
+#: per-profile sizes of the theory chapters (smoke: seconds; quick: the 2-core machine)
+THEORY_SETTINGS = {
+    "smoke": dict(mixture_steps=150, grid=11, n_eval=500, jac_crop=16, jac_sigmas=(0.1,), jac_full=None,
+                  jac_images=1, ll_images=4, gd_ns=(20, 100, 1000), gd_reps=4, gd_test=5000, fisher_mc=20_000,
+                  ablation_overrides={}, ablation_models=("gradresnet-logenergy", "gradresnet-relu"), timing_repeats=1,
+                  blind_dims=(2, 32, 512), blind_n=50),
+    "quick": dict(mixture_steps=2000, grid=13, n_eval=4000, jac_crop=16, jac_sigmas=(0.02, 0.05, 0.1, 0.2, 0.4),
+                  jac_full=32, jac_images=2, ll_images=32, gd_ns=(20, 50, 100, 300, 1000, 3000), gd_reps=100,
+                  gd_test=50_000, fisher_mc=400_000,
+                  # the GradResNet ablation trains five models: a shortened schedule on the 2-core machine
+                  ablation_overrides=dict(steps=100, warmup_steps=10, test_size=500, checkpoint_every=50),
+                  # one-switch ablations of the architecture they were built from (the 3x3 log-energy head)
+                  ablation_models=("gradresnet-logenergy", "gradresnet-relu", "gradresnet-batchnorm",
+                                   "gradresnet-noside", "gradresnet-nologenergy"),
+                  timing_repeats=3, blind_dims=(2, 8, 32, 128, 512, 3072), blind_n=300),
+}
+THEORY_SETTINGS["paper"] = dict(THEORY_SETTINGS["quick"], ablation_overrides={})
+# the cpu profile: quick's sizes, and quick's ablation runs themselves (ablation_profile): five models of the
+# profile's own recipe would take its whole 3-hour budget again
+THEORY_SETTINGS["cpu"] = dict(THEORY_SETTINGS["quick"], ablation_profile="quick")
+for _name, _settings in THEORY_SETTINGS.items():
+    _settings.setdefault("ablation_profile", _name)
+
+
+def theory_settings(profile: str) -> dict:
+    """The sizes the theory chapters use in ``profile`` (``THEORY_SETTINGS``); ``ablation_profile`` is the
+    profile whose runs chapter 10's ablation trains or reuses (``quick`` for a ``cpu`` build)."""
+    if profile not in THEORY_SETTINGS:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(THEORY_SETTINGS)}")
+    return dict(THEORY_SETTINGS[profile])
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["lam=0.5", "width=32"]`` -> ``{"lam": 0.5, "width": 32}`` (values parsed as JSON, else str)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out

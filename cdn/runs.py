@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from .checkpoint import (CheckpointError, atomic_write_text, load_model_state, l
 from .evaluate import DEFAULT_SIGMAS, DENOISE_SIGMAS, classification_vs_sigma, joint_denoisers, psnr_vs_sigma
 from .joint import JointModel
 from .profiles import Config, get_config
+from .provenance import data_record, portable_source
 from .train import default_device, make_net, read_log, train
 
 MANIFEST = "manifest.json"
@@ -102,24 +102,8 @@ def _first_classes(ds: data_mod.ImageDataset, k: int) -> data_mod.ImageDataset:
                                  ds.source + f", first {k} classes", ds.fallback)
 
 
-_PAREN = re.compile(r"\(([^()]*)\)")
 
 
-def portable_source(source: str | None) -> str | None:
-    """A data description without this machine's paths: every absolute path inside parentheses is
-    replaced by its last component (``CIFAR-10 JPEG copy (/data/cifar10-jpeg.tar.gz), subset of 2000``
-    -> ``CIFAR-10 JPEG copy (cifar10-jpeg.tar.gz), subset of 2000``). Used in the key of cached metrics
-    and in exported runs, so that they match on every machine."""
-    if source is None:
-        return None
-
-    def strip(m: re.Match) -> str:
-        parts = [p.strip() for p in m.group(1).split(",")]
-        parts = [Path(p).name if (p.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", p)) else p
-                 for p in parts]
-        return "(" + ", ".join(parts) + ")"
-
-    return _PAREN.sub(strip, source)
 
 
 def _metrics_key_matches(cached: dict, key: dict) -> bool:
@@ -361,14 +345,13 @@ def export_run(run_dir: str | Path, dest: str | Path | None = None, data_dir=Non
     ``committed_dir(config)``: ``results/<profile>-<dataset>/<model>/``, or ``<model>-<hash>/``) and return ``dest``:
     the weights in float16 (split into files of at most ``max_file_mib`` MiB when given), config,
     state and metrics without any path of this machine (the data named by file and sha256,
-    ``cdn.architecture.data_record``), the log, ``manifest.json`` with every file's sha256, and the
+    ``cdn.provenance.data_record``), the log, ``manifest.json`` with every file's sha256, and the
     profile folder's ``RUN.md`` brought up to date (``write_run_md``; not with ``run_md=False``, as
-    ``cdn.sprint``, which writes its own into ``dest``). ``dest`` may exist when empty; otherwise only
+    ``cdn.experiments.gpu_sprint``, which writes its own into ``dest``). ``dest`` may exist when empty; otherwise only
     with ``overwrite``. Metrics are computed on the
     configuration's test set when the run has none. ``command`` is the command that trained it
     (default ``train_command``). Used by ``cdn export``; the result is what ``get_or_train`` reuses.
     Nothing is half-written: the folder is assembled beside ``dest`` and renamed into place."""
-    from .architecture import data_record  # lazily: cdn.architecture imports cdn.report, which imports this module
 
     run_dir = Path(run_dir)
     state_path = run_dir / "state.json"

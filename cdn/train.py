@@ -29,10 +29,10 @@ from .data import ImageDataset, epoch_permutation, fast_batch
 from .joint import JointModel
 from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
 from .mollify import MollifyLoss
-from .nets import VARIANTS, build_net
-from .nets import second_order
+from .nets import VARIANTS, build_net, second_order
 from .nets.second_order import second_order_layers, use_second_order
 from .profiles import Config
+from .provenance import device_description, git_commit
 
 
 def default_device() -> torch.device:
@@ -126,7 +126,7 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
 
 
 #: heads whose class-independent energy is computed from the network's feature maps: under bf16 autocast
-#: their score is 1-3% off float32's (cdn.joint_search), so ``precision='auto'`` trains them in float32
+#: their score is 1-3% off float32's (cdn.experiments.joint_search), so ``precision='auto'`` trains them in float32
 FEATURE_ENERGY_HEADS = ("stage1energy", "stagesenergy")
 
 
@@ -305,9 +305,6 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
     main = info.is_main
     commit = machine = None
     if main:
-        # imported here: cdn.report imports cdn.runs, which imports this module
-        from .report import device_description, git_commit
-
         commit, machine = git_commit(), device_description(device)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))

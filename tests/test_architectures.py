@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cdn.architecture import choose_default, homogeneity_degree
+from cdn.experiments.variants import choose_default, homogeneity_degree
 from cdn.joint import JointModel
 from cdn.nets import ARCHITECTURES, VARIANTS, GradResNet, build_net
 from cdn.nets.resnet import ScaleGroupNorm

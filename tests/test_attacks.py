@@ -1,12 +1,12 @@
-"""Attacks (cdn.attacks): the threat model is respected, the loss goes up, the exact optimum and the
+"""Attacks (cdn.experiments.attacks): the threat model is respected, the loss goes up, the exact optimum and the
 exact robust accuracy are reached on a linear model, bad input is refused, and the adversarial
 gradient is a difference of denoisers."""
 import pytest
 import torch
 from torch import nn
 
-from cdn.attacks import (Classifier, NoiseAveraged, accuracy_curve, attack, cross_entropy, denoiser_difference,
-                         robust_accuracy)
+from cdn.experiments.attacks import (Classifier, NoiseAveraged, accuracy_curve, attack, cross_entropy,
+                                     denoiser_difference, robust_accuracy)
 from cdn.joint import JointModel
 from cdn.nets import GradResNet
 

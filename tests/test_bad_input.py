@@ -61,7 +61,7 @@ def test_the_cpu_profile_trains_cifar10_only_and_a_cpu_build_takes_quick_runs_el
     """``cpu`` has no Tiny ImageNet settings: asking for them names the profile to use, and the chapters
     (``report.chapter_runs``, chapter 10's ablation) use the quick runs there instead of retraining them
     under another name."""
-    from cdn import theory
+    from cdn import profiles
     from cdn.profiles import runs_profile
 
     with pytest.raises(ValueError, match="cpu profile has no settings for tiny-imagenet.*--profile quick"):
@@ -70,7 +70,7 @@ def test_the_cpu_profile_trains_cifar10_only_and_a_cpu_build_takes_quick_runs_el
     assert [runs_profile(p, "tiny-imagenet") for p in ("smoke", "quick", "paper")] == ["smoke", "quick", "paper"]
     with pytest.raises(ValueError, match="unknown profile"):
         runs_profile("huge", "cifar10")
-    cpu, quick = theory.theory_settings("cpu"), theory.theory_settings("quick")
+    cpu, quick = profiles.theory_settings("cpu"), profiles.theory_settings("quick")
     assert cpu["ablation_profile"] == "quick" and cpu["ablation_overrides"] == quick["ablation_overrides"]
-    assert [theory.theory_settings(p)["ablation_profile"] for p in ("smoke", "quick", "paper")] == \
+    assert [profiles.theory_settings(p)["ablation_profile"] for p in ("smoke", "quick", "paper")] == \
         ["smoke", "quick", "paper"]

@@ -1,4 +1,4 @@
-"""The book pipeline (cdn.book): the whole book built in the smoke profile (every chapter executes,
+"""The book pipeline (cdn.book.build): the whole book built in the smoke profile (every chapter executes,
 every page and figure exists, headless Chromium renders figures and typeset math offline), and the
 pipeline's guarantees on small synthetic chapters (a failing chapter names itself and its cell and
 is never rendered; rerunning one chapter reuses only fresh ones).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-book = pytest.importorskip("cdn.book")
+book = pytest.importorskip("cdn.book.build")
 pytest.importorskip("papermill")
 pytest.importorskip("jupytext")
 pytest.importorskip("jupyter_book")

@@ -1,4 +1,4 @@
-"""Randomized-smoothing certification (cdn.certify): the known radius on a constant classifier, the
+"""Randomized-smoothing certification (cdn.experiments.certify): the known radius on a constant classifier, the
 exact Clopper-Pearson definition, soundness and tightness on a half-space, abstention at p = 1/2,
 certified accuracy, and bad input."""
 import math
@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.stats import binom, norm
 
-from cdn.certify import (ABSTAIN, certified_accuracy, certify, certify_images, clopper_pearson_lower,
-                         denoised_classifier, max_radius)
+from cdn.experiments.certify import (ABSTAIN, certified_accuracy, certify, certify_images, clopper_pearson_lower,
+                                     denoised_classifier, max_radius)
 
 
 def _constant(cls, num_classes=5):

@@ -1,4 +1,4 @@
-"""The claims ledger (cdn.claims): its rules on committed runs whose numbers are known by construction,
+"""The claims ledger (cdn.book.claims): its rules on committed runs whose numbers are known by construction,
 and the README's table against the committed results of this repository."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cdn import claims
+from cdn.book import claims
 from cdn.data import REPO_ROOT
 from cdn.profiles import get_config
 from cdn.runs import MANIFEST, MANIFEST_FORMAT, sha256_file

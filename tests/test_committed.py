@@ -13,8 +13,7 @@ from cdn.checkpoint import CheckpointError
 from cdn.cli import main
 from cdn.data import REPO_ROOT
 from cdn.profiles import get_config
-from cdn.runs import (export_run, find_committed, get_or_train, load_run, resolve_data, runs_root,
-                      verify_committed)
+from cdn.runs import export_run, find_committed, get_or_train, load_run, resolve_data, runs_root, verify_committed
 
 
 def _config(**kw):
@@ -213,30 +212,30 @@ def test_cdn_book_retrain_reaches_the_chapters(monkeypatch):
     during the build only."""
     import os
 
-    import cdn.book
+    import cdn.book.build
 
     seen = []
     monkeypatch.delenv("CDN_RETRAIN", raising=False)
-    monkeypatch.setattr(cdn.book, "build_book", lambda *a, **k: seen.append(os.environ.get("CDN_RETRAIN")) or "html")
+    monkeypatch.setattr(cdn.book.build, "build_book", lambda *a, **k: seen.append(os.environ.get("CDN_RETRAIN")) or "html")
     assert main(["book", "--profile", "cpu", "--retrain"]) == 0
     assert main(["book", "--profile", "cpu"]) == 0
     assert seen == ["1", None] and "CDN_RETRAIN" not in os.environ
 
 
 def test_committed_runs_show_their_recorded_metrics_without_data(exported, tmp_path):
-    from cdn import report
+    from cdn.book import chapter, tables
 
     config, data, run, dest = exported
     results = dest.parent.parent
-    got = report.committed_runs("smoke", "synthetic", ["gradresnet", "unet"], results)
+    got = chapter.committed_runs("smoke", "synthetic", ["gradresnet", "unet"], results)
     assert list(got) == ["gradresnet"]  # no committed unet: left out
     recorded = json.loads((dest / "metrics.json").read_text())
     assert got["gradresnet"].metrics() == recorded
-    row = report.headline_rows(got, "synthetic")[0]
+    row = tables.headline_rows(got, "synthetic")[0]
     assert row["clean accuracy"] == recorded["clean_accuracy"] and row["profile"] == "smoke"
     assert str(REPO_ROOT) not in row["data"] and str(tmp_path) not in row["data"]  # named, not located
-    assert report.committed_runs("cpu", "synthetic", ["gradresnet"], results) == {}
+    assert chapter.committed_runs("cpu", "synthetic", ["gradresnet"], results) == {}
     weights = dest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(CheckpointError, match="corrupted or was changed"):
-        report.committed_runs("smoke", "synthetic", ["gradresnet"], results)
+        chapter.committed_runs("smoke", "synthetic", ["gradresnet"], results)

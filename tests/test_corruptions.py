@@ -1,4 +1,4 @@
-"""The corruption benchmark (cdn.corruptions) and the calibration metrics it reports
+"""The corruption benchmark (cdn.experiments.corruptions) and the calibration metrics it reports
 (cdn.evaluate.classification_metrics, reliability_bins)."""
 import math
 
@@ -7,11 +7,11 @@ import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from cdn import corruptions as C
+from cdn.experiments import corruptions as C
 from cdn.data import ImageDataset
 from cdn.evaluate import classification_metrics, reliability_bins
 from cdn.joint import JointModel
-from cdn.report import photo
+from cdn.experiments.classical import photo
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "cat", "retina", "hubble_deep_field")
 

@@ -122,7 +122,7 @@ def test_the_training_log_records_each_terms_gradient_at_checkpoint_steps(tmp_pa
 
 
 def test_the_search_rule_needs_the_network_to_denoise_before_accuracy_counts():
-    from cdn.joint_search import choose
+    from cdn.experiments.joint_search import choose
 
     def row(name, acc, network, full, model="gradresnet"):
         return {"candidate": name, "model": model, "clean_accuracy": acc, "network_psnr_0.1": network,
@@ -140,7 +140,7 @@ def test_the_search_rule_needs_the_network_to_denoise_before_accuracy_counts():
 @pytest.mark.parametrize("name", ["stage-1 log-energy, lam 10", "cross-entropy on the same noisy images",
                                   "UNet (denoising only)"])
 def test_a_search_candidate_is_measured_with_its_decomposition(name):
-    from cdn import joint_search
+    from cdn.experiments import joint_search
 
     budget = dict(width=4, steps=4, train_size=64, test_size=32, batch_size=8, checkpoint_every=2, log_every=2,
                   warmup_steps=1, precision="float32")
@@ -166,7 +166,7 @@ def test_a_search_candidate_is_measured_with_its_decomposition(name):
 
 
 def test_the_search_table_reads_each_row_of_the_results_file(tmp_path):
-    from cdn import joint_search
+    from cdn.experiments import joint_search
 
     assert joint_search.load(tmp_path / "none.json")["rows"] == []
     den = [{"sigma": s, "noisy": 20.0, "D(y)": 25.0 + s, "energy alone": 21.0, "features alone": 20.5,

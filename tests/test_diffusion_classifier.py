@@ -1,9 +1,9 @@
-"""The denoising readout (cdn.diffusion_classifier): with the exact denoisers of a Gaussian mixture it makes the
+"""The denoising readout (cdn.experiments.diffusion_classifier): with the exact denoisers of a Gaussian mixture it makes the
 Bayes decision of the class likelihood, and on a network it reports its accuracy and cost."""
 import pytest
 import torch
 
-from cdn.diffusion_classifier import conditional_errors, readout_accuracy
+from cdn.experiments.diffusion_classifier import conditional_errors, readout_accuracy
 from cdn.joint import JointModel
 from cdn.mixture import MixtureLogits, two_moons_like_mixture
 

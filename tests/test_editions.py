@@ -11,11 +11,11 @@ import re
 
 import pytest
 
-book = pytest.importorskip("cdn.book")
+book = pytest.importorskip("cdn.book.build")
 nbformat = pytest.importorskip("nbformat")
 
-from cdn import exercises  # noqa: E402
-from cdn.cli import main  # noqa: E402
+from cdn.book import exercises
+from cdn.cli import main
 
 CHAPTERS_WITHOUT_EXERCISES = ("00_front_page", "20_results")
 

@@ -1,9 +1,9 @@
-"""The accuracy-against-time loop of the efficiency chapter (cdn.efficiency) and its FLOP counts."""
+"""The accuracy-against-time loop of the efficiency chapter (cdn.experiments.efficiency) and its FLOP counts."""
 import pytest
 import torch
 
 from cdn.data import make_synthetic
-from cdn.efficiency import JointTrainer, accuracy_at, accuracy_vs_time, flops_per_image
+from cdn.experiments.efficiency import JointTrainer, accuracy_at, accuracy_vs_time, flops_per_image
 from cdn.profiles import get_config
 
 
@@ -44,7 +44,7 @@ def test_jem_flops_are_affine_in_the_number_of_sgld_steps():
 
 
 def test_functional_joint_loss_equals_joint_loss():
-    from cdn.compiled import joint_loss
+    from cdn.experiments.compiled_loss import joint_loss
     from cdn.joint import JointModel
     from cdn.losses import JointLoss, SigmaSampler
     from cdn.nets import build_net
@@ -75,7 +75,7 @@ def test_race_reads_a_committed_curve_before_racing(tmp_path, monkeypatch):
     build does not race again; ``refresh`` races anyway."""
     import json
 
-    import cdn.efficiency as eff
+    import cdn.experiments.efficiency as eff
 
     monkeypatch.setenv("CDN_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("CDN_RESULTS", str(tmp_path / "results"))

@@ -1,11 +1,11 @@
-"""JEM baseline (cdn.baselines.jem): SGLD moves toward lower energy, the replay buffer re-initialises
+"""JEM baseline (cdn.experiments.jem): SGLD moves toward lower energy, the replay buffer re-initialises
 about 5% of chains, an update changes the weights, a checkpoint round-trips, bad input is refused."""
 import math
 
 import pytest
 import torch
 
-from cdn.baselines.jem import JEMTrainer, ReplayBuffer, energy, sgld
+from cdn.experiments.jem import JEMTrainer, ReplayBuffer, energy, sgld
 from cdn.joint import JointModel
 from cdn.nets import build_net
 from cdn.profiles import get_config

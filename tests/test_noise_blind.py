@@ -1,9 +1,9 @@
-"""The noise-blind optimum of denoising score matching (cdn.noise_blind): exact where it must be, checked against
+"""The noise-blind optimum of denoising score matching (cdn.experiments.noise_blind): exact where it must be, checked against
 a least-squares fit on samples, and concentrating on the true noise level as the dimension grows."""
 import pytest
 import torch
 
-from cdn import noise_blind as nb
+from cdn.experiments import noise_blind as nb
 
 
 def test_with_one_training_level_the_blind_optimum_is_tweedie():

@@ -1,10 +1,10 @@
-"""OOD metrics and sets of cdn.ood: AUROC of a perfect separator is 1, of identical distributions
+"""OOD metrics and sets of cdn.experiments.ood: AUROC of a perfect separator is 1, of identical distributions
 about 0.5; FPR at 95% TPR against hand-computed cases; the offline OOD sets have the right shapes
 and properties; the scores come from one forward/backward pass of the joint model."""
 import pytest
 import torch
 
-from cdn import ood
+from cdn.experiments import ood
 from cdn.joint import JointModel
 from cdn.mixture import MixtureLogits, two_moons_like_mixture
 from cdn.nets import GradResNet

@@ -1,9 +1,9 @@
 """The training loop's batched data path (cdn.data.fast_batch) gives, for a seed, exactly the batches
-of the plain per-image DataLoader (cdn.plain_data)."""
+of the plain per-image DataLoader (cdn.experiments.per_image_loader)."""
 import torch
 
 from cdn.data import epoch_permutation, fast_batch, make_synthetic
-from cdn.plain_data import plain_loader
+from cdn.experiments.per_image_loader import plain_loader
 
 
 def test_fast_batches_equal_the_plain_per_image_batches():

@@ -1,4 +1,4 @@
-"""The statistical figures of cdn.plots (seaborn): what they draw, not only that they run."""
+"""The statistical figures of cdn.book.plots (seaborn): what they draw, not only that they run."""
 from __future__ import annotations
 
 import matplotlib
@@ -11,8 +11,8 @@ import torch  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
 pytest.importorskip("seaborn")
-from cdn import plots  # noqa: E402
-from cdn.evaluate import reliability_bins  # noqa: E402
+from cdn.book import plots
+from cdn.evaluate import reliability_bins
 
 SIGMAS = (0.0, 0.05, 0.2, 0.8)
 

@@ -1,10 +1,10 @@
-"""cdn.recipe: the last weights against their moving average, and test-time flips, on one finished run."""
+"""cdn.experiments.short_budget: the last weights against their moving average, and test-time flips, on one finished run."""
 import json
 
 import pytest
 import torch
 
-from cdn import recipe
+from cdn.experiments import short_budget as recipe
 from cdn.profiles import get_config
 from cdn.runs import get_or_train, resolve_data
 from cdn.train import autocast_bf16

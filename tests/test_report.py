@@ -1,6 +1,8 @@
-"""The cache of chapter results (cdn.report.cached_json): computed once per key, recomputed when
+"""The cache of chapter results (cdn.book.chapter.cached_json): computed once per key, recomputed when
 anything in the key changes, including the bytes of a file digested into it."""
-from cdn import report
+from cdn.book import chapter
+from cdn.experiments import classical
+from cdn import provenance
 
 
 def test_cached_json_computes_once_per_key(tmp_path, monkeypatch):
@@ -13,18 +15,18 @@ def test_cached_json_computes_once_per_key(tmp_path, monkeypatch):
         calls.append(1)
         return {"curve": [1.0, 0.5], "n": len(calls)}
 
-    key = {"run": "r1", "weights": report.file_digest(weights), "sizes": {"steps": 10}}
-    first = report.cached_json("robustness-test", key, compute)
-    assert report.cached_json("robustness-test", dict(key), compute) == first == {"curve": [1.0, 0.5], "n": 1}
+    key = {"run": "r1", "weights": chapter.file_digest(weights), "sizes": {"steps": 10}}
+    first = chapter.cached_json("robustness-test", key, compute)
+    assert chapter.cached_json("robustness-test", dict(key), compute) == first == {"curve": [1.0, 0.5], "n": 1}
     assert len(calls) == 1
-    assert report.cached_json("robustness-test", {**key, "sizes": {"steps": 20}}, compute)["n"] == 2
+    assert chapter.cached_json("robustness-test", {**key, "sizes": {"steps": 20}}, compute)["n"] == 2
     weights.write_bytes(b"weights v2")
-    assert report.cached_json("robustness-test", {**key, "weights": report.file_digest(weights)}, compute)["n"] == 3
+    assert chapter.cached_json("robustness-test", {**key, "weights": chapter.file_digest(weights)}, compute)["n"] == 3
     assert len(list((tmp_path / "cache" / "chapters").glob("robustness-test-*.json"))) == 3
 
 
 def test_committed_results_lists_paper_runs_only(tmp_path):
-    from cdn.report import committed_results, load_result
+    from cdn.book.chapter import committed_results, load_result
 
     assert committed_results(tmp_path / "missing") == []
     (tmp_path / "bench-cpu-2core.json").write_text('{"rows": []}')  # a CPU benchmark: not a GPU result
@@ -41,7 +43,7 @@ def test_chapter_summaries_round_trip(tmp_path, monkeypatch):
     import pandas as pd
     import pytest
 
-    from cdn.report import load_summaries, save_summary
+    from cdn.book.chapter import load_summaries, save_summary
 
     monkeypatch.setenv("CDN_CACHE", str(tmp_path))
     table = pd.DataFrame({"Linf 2/255": [0.275, 0.145]}, index=["joint", "ce"])
@@ -66,12 +68,12 @@ def test_bm3d_reference_denoises_and_sees_the_same_images_as_the_networks():
 
     pytest.importorskip("bm3d")
     ds = make_synthetic("test", size=16, n=8)
-    sample = report.random_images(ds, 2, seed=3)
-    again = report.random_images(ds, 2, seed=3)
+    sample = chapter.random_images(ds, 2, seed=3)
+    again = chapter.random_images(ds, 2, seed=3)
     assert torch.equal(sample.images, again.images) and len(sample) == 2 and "2 random images" in sample.source
     x = sample.to_float()
     y = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-    denoise = report.bm3d_denoiser()
+    denoise = classical.bm3d_denoiser()
     d = denoise(y, 0.1)
     assert d.shape == y.shape and d.dtype == y.dtype
     assert (psnr(d, x) > psnr(y, x) + 3).all()  # several dB better than the noisy input
@@ -87,12 +89,12 @@ def test_the_provenance_box_names_the_data_by_file_and_checksum_not_by_path(tmp_
     data.mkdir(parents=True)
     (data / "cifar10-test.tar.gz").write_bytes(b"not really CIFAR-10")
     monkeypatch.setenv("CDN_DATA", str(data))
-    report._data_file_sha256.cache_clear()
-    facts = report.provenance(f"CIFAR-10 JPEG copy ({data / 'cifar10-test.tar.gz'}), subset of 2000", "quick")
+    provenance._data_file_sha256.cache_clear()
+    facts = chapter.provenance(f"CIFAR-10 JPEG copy ({data / 'cifar10-test.tar.gz'}), subset of 2000", "quick")
     digest = hashlib.sha256(b"not really CIFAR-10").hexdigest()[:12]
     assert facts["data"] == f"CIFAR-10 JPEG copy (cifar10-test.tar.gz, sha256 {digest}), subset of 2000"
-    assert str(tmp_path) not in report.provenance_markdown(f"x ({data / 'cifar10-test.tar.gz'})", "quick")
+    assert str(tmp_path) not in chapter.provenance_markdown(f"x ({data / 'cifar10-test.tar.gz'})", "quick")
     # a file the data folders do not hold keeps its name, without a checksum; other sources are unchanged
-    assert report.described_data("x (/elsewhere/gone.tar.gz)") == "x (gone.tar.gz)"
-    assert report.described_data("scikit-learn digits (load_digits)") == "scikit-learn digits (load_digits)"
-    report._data_file_sha256.cache_clear()
+    assert provenance.described_data("x (/elsewhere/gone.tar.gz)") == "x (gone.tar.gz)"
+    assert provenance.described_data("scikit-learn digits (load_digits)") == "scikit-learn digits (load_digits)"
+    provenance._data_file_sha256.cache_clear()

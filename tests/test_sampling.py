@@ -1,4 +1,4 @@
-"""Samplers of cdn.sampling against exact Gaussian mixtures: the EDM-style ODE/SDE samplers and the
+"""Samplers of cdn.experiments.sampling against exact Gaussian mixtures: the EDM-style ODE/SDE samplers and the
 coarse-to-fine ascent reproduce the mixture (means, covariances, class proportions); the class term
 puts samples in the requested component; bad inputs raise clear errors."""
 import pytest
@@ -7,7 +7,7 @@ import torch
 from cdn.joint import JointModel
 from cdn.mixture import GaussianMixture, MixtureLogits, two_moons_like_mixture
 from cdn.nets import GradResNet
-from cdn.sampling import coarse_to_fine, edm_sample, edm_sigmas, sample_accuracy
+from cdn.experiments.sampling import coarse_to_fine, edm_sample, edm_sigmas, sample_accuracy
 
 F64 = torch.float64
 

@@ -4,16 +4,16 @@ import json
 
 import torch
 
-import cdn.sprint
+import cdn.experiments.gpu_sprint
 from cdn.runs import load_run, verify_committed
 
 
 def test_smoke_sprint_writes_a_loadable_committed_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(cdn.sprint, "MAX_FILE_MIB", 0.05)  # force the split the 16 MiB limit makes at width 64
+    monkeypatch.setattr(cdn.experiments.gpu_sprint, "MAX_FILE_MIB", 0.05)  # force the split the 16 MiB limit makes at width 64
     out = tmp_path / "sprint"
     argv = ["--seconds", "3", "--out", str(out), "--smoke", "--dataset", "synthetic", "--device", "cpu",
             "--runs", str(tmp_path / "runs")]
-    assert cdn.sprint.main(argv) == 0
+    assert cdn.experiments.gpu_sprint.main(argv) == 0
     manifest = verify_committed(out)
     shards = manifest["weights"]
     assert len(shards) >= 2 and all(s.startswith("model-") for s in shards)
@@ -29,6 +29,6 @@ def test_smoke_sprint_writes_a_loadable_committed_run(tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["key"]["n"] == 64 and metrics["clean_accuracy"] is not None and metrics["denoising"]
     text = (out / "RUN.md").read_text()
-    for part in ("python -m cdn.sprint", "commit:", "device: cpu", "images/s:", "wall time:", "clean accuracy"):
+    for part in ("python -m cdn sprint", "commit:", "device: cpu", "images/s:", "wall time:", "clean accuracy"):
         assert part in text, part
     assert str(tmp_path) not in text

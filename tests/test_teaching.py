@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-book = pytest.importorskip("cdn.book")
+book = pytest.importorskip("cdn.book.build")
 pytest.importorskip("papermill")
 pytest.importorskip("jupytext")
 

@@ -1,11 +1,11 @@
-"""Exact checks of the theory chapters (cdn.theory): Tweedie-Miyasawa on a Gaussian mixture, the
+"""Exact checks of the theory chapters (cdn.experiments: tweedie, jacobian, generative_discriminative): Tweedie-Miyasawa on a Gaussian mixture, the
 Jacobian of the denoiser (symmetry, finite differences, homogeneity of the bias-free UNet), and the
 generative and discriminative estimators converging to the true logistic parameters."""
 import numpy as np
 import pytest
 import torch
 
-from cdn import theory
+from cdn.experiments import generative_discriminative, jacobian, tweedie
 from cdn.joint import JointModel
 from cdn.mixture import two_moons_like_mixture
 from cdn.nets import GradResNet, UNet
@@ -14,8 +14,8 @@ from cdn.nets import GradResNet, UNet
 @pytest.mark.parametrize("sigma", [0.05, 0.3, 1.0])
 def test_mixture_closed_forms_match_tweedie(sigma):
     mix = two_moons_like_mixture(torch.float64)
-    y = theory.grid2d(2.5, 9)
-    f = theory.mixture_fields(mix, y, sigma)
+    y = tweedie.grid2d(2.5, 9)
+    f = tweedie.mixture_fields(mix, y, sigma)
     assert torch.allclose(f["tweedie"], f["D"], atol=1e-6, rtol=0)
     assert torch.allclose(f["tweedie_c"], f["D_c"], atol=1e-6, rtol=0)
     # the posterior-weighted conditional denoisers give the unconditional one
@@ -26,9 +26,9 @@ def test_mixture_closed_forms_match_tweedie(sigma):
 
 def test_mixture_model_learns_the_exact_denoiser():
     mix = two_moons_like_mixture(torch.float64)
-    model, log = theory.train_mixture_model(mix, steps=300, seed=0)
+    model, log = tweedie.train_mixture_model(mix, steps=300, seed=0)
     assert log[-1]["loss"] < log[0]["loss"]
-    rows = theory.mixture_denoiser_errors(model, mix, [0.2], n=500)
+    rows = tweedie.mixture_denoiser_errors(model, mix, [0.2], n=500)
     r = rows[0]
     assert r["learned D(y)"] < r["noisy"]  # it denoises
     assert r["relative excess"] < 0.5
@@ -45,8 +45,8 @@ def test_joint_jacobian_symmetric_and_matches_finite_differences(c):
     g = torch.Generator().manual_seed(0)
     # 16 x 16: at 8 x 8 the last stage is 1 x 1 and its GroupNorm (one value per group) is undefined
     y = torch.rand(1, 1, 16, 16, generator=g, dtype=torch.float64)
-    fn = theory.joint_denoiser_fn(model, 0.2, c)
-    J = theory.jacobian(fn, y, chunk=64)
+    fn = jacobian.joint_denoiser_fn(model, 0.2, c)
+    J = jacobian.jacobian(fn, y, chunk=64)
     assert J.shape == (256, 256)
     assert torch.allclose(J, J.T, atol=1e-10)
     v = torch.randn(1, 1, 16, 16, generator=g, dtype=torch.float64)
@@ -54,9 +54,9 @@ def test_joint_jacobian_symmetric_and_matches_finite_differences(c):
     with torch.no_grad():
         fd = (fn(y + h * v) - fn(y - h * v)).flatten() / (2 * h)
     assert torch.allclose(J @ v.flatten(), fd, atol=1e-6, rtol=1e-6)
-    jv = theory.jacobian_vector(fn, y, v).flatten()
+    jv = jacobian.jacobian_vector(fn, y, v).flatten()
     assert torch.allclose(jv, J @ v.flatten(), atol=1e-10)
-    res = theory.jacobian_analysis(fn, y, k=3, chunk=128)
+    res = jacobian.jacobian_analysis(fn, y, k=3, chunk=128)
     assert res.asymmetry < 1e-10 and abs(res.trace - torch.trace(J).item()) < 1e-8
     assert res.eigenvectors.shape == (3, 1, 16, 16)
 
@@ -66,17 +66,17 @@ def test_homogeneous_unet_is_exactly_locally_linear():
     net = UNet(1, width=4, depth=2).double().eval()
     g = torch.Generator().manual_seed(1)
     y = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64)
-    err = theory.local_linearity_error(net, y)
+    err = jacobian.local_linearity_error(net, y)
     assert err.max() < 1e-8
-    J = theory.jacobian(net, y[:1], chunk=16)
+    J = jacobian.jacobian(net, y[:1], chunk=16)
     assert torch.allclose(J @ y[0].flatten(), net(y[:1]).flatten(), atol=1e-8, rtol=0)
 
 
 def test_joint_gradresnet_is_not_exactly_homogeneous():
     model = _tiny_joint()
     y = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    err = theory.local_linearity_error(theory.joint_denoiser_fn(model, 0.2), y, symmetric=True)
-    err_full = theory.local_linearity_error(theory.joint_denoiser_fn(model, 0.2), y)
+    err = jacobian.local_linearity_error(jacobian.joint_denoiser_fn(model, 0.2), y, symmetric=True)
+    err_full = jacobian.local_linearity_error(jacobian.joint_denoiser_fn(model, 0.2), y)
     assert torch.allclose(err, err_full, atol=1e-8)
     assert (err > 1e-6).all()
 
@@ -91,29 +91,29 @@ def test_a_score_of_degree_minus_one_gives_twice_the_correction():
     def shrink(v):
         return v - 0.04 * d * v / v.flatten(1).pow(2).sum(1).view(-1, 1, 1, 1)
 
-    err = theory.local_linearity_error(shrink, y, relative_to="correction")
+    err = jacobian.local_linearity_error(shrink, y, relative_to="correction")
     torch.testing.assert_close(err, torch.full_like(err, 2.0), rtol=1e-9, atol=0)
-    err_sym = theory.local_linearity_error(shrink, y, symmetric=True, relative_to="correction")
+    err_sym = jacobian.local_linearity_error(shrink, y, symmetric=True, relative_to="correction")
     torch.testing.assert_close(err_sym, err, rtol=1e-9, atol=0)  # J is symmetric here (a gradient field)
     net = UNet(1, width=4, depth=2).double().eval()
-    assert theory.local_linearity_error(net, y, relative_to="correction").max() < 1e-8
+    assert jacobian.local_linearity_error(net, y, relative_to="correction").max() < 1e-8
     with pytest.raises(ValueError, match="relative_to"):
-        theory.local_linearity_error(net, y, relative_to="input")
+        jacobian.local_linearity_error(net, y, relative_to="input")
 
 
 def test_generative_and_discriminative_estimators_converge():
-    problem = theory.GaussianProblem.make(d=3, separation=2.0, seed=0)
+    problem = generative_discriminative.GaussianProblem.make(d=3, separation=2.0, seed=0)
     w, b = problem.true_params
     theta = np.append(w, b)
     rng = np.random.default_rng(0)
     x, c = problem.sample(200_000, rng)
-    for fit in (theory.lda_fit, theory.logistic_fit):
+    for fit in (generative_discriminative.lda_fit, generative_discriminative.logistic_fit):
         w_hat, b_hat = fit(x, c)
         assert np.linalg.norm(np.append(w_hat, b_hat) - theta) < 0.05 * np.linalg.norm(theta)
     # the exact error of the true rule is the Bayes error Phi(-Delta/2) for equal priors
     from scipy.stats import norm
     assert abs(problem.error(w, b) - norm.cdf(-1.0)) < 1e-12
-    rows = theory.compare_estimators(problem, [50, 2000], reps=4, n_test=2000)
+    rows = generative_discriminative.compare_estimators(problem, [50, 2000], reps=4, n_test=2000)
     by = {(r["n"], r["estimator"]): r for r in rows}
     for est in ("generative", "discriminative"):
         assert by[(2000, est)]["excess error"] < by[(50, est)]["excess error"]
@@ -138,7 +138,7 @@ def test_jacobian_sweep_sure_and_posterior_variance_on_the_wiener_filter():
     s, sigma = 0.3, 0.2
     model = JointModel(_WienerEnergy(1 / (s ** 2 + sigma ** 2)).double())
     x = s * torch.randn(24, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    rows = theory.jacobian_sweep(model, x, [sigma], k=2)
+    rows = jacobian.jacobian_sweep(model, x, [sigma], k=2)
     mmse = s ** 2 * sigma ** 2 / (s ** 2 + sigma ** 2)
     for r in rows:
         assert r["posterior_variance"] == pytest.approx(mmse, rel=1e-9)

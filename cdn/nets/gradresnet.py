@@ -23,7 +23,7 @@ chosen in chapter 10 by 300-step probes, and ``gradresnet-relu | -batchnorm | -n
 are one-switch ablations of it. Its denoiser turned out to be its one-convolution log-energy alone (a
 shortcut), so the joint *model* ``gradresnet`` is now built on ``gradresnet-stage1energy``, the same
 network whose log-energy comes from the first stage's feature map (``cdn.profiles.JOINT_ARCH``, chosen
-at ten epochs by ``cdn.joint_search``); the architecture keeps its name so its runs keep their hashes."""
+at ten epochs by ``cdn.experiments.joint_search``); the architecture keeps its name so its runs keep their hashes."""
 from __future__ import annotations
 
 from .resnet import ResNet

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import ImageDataset, _load_npz, _save_npz_atomic, cache_dir
-from .evaluate import classification_metrics
+from ..data import ImageDataset, _load_npz, _save_npz_atomic, cache_dir
+from ..evaluate import classification_metrics
 
 PACKAGE = "imagecorruptions-imaug"
 #: the 15 corruptions of CIFAR-10-C / ImageNet-C, in the package's order (noise, blur, weather, digital)

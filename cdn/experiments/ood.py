@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .joint import JointModel, check_image
+from ..data import load
+from ..joint import JointModel, check_image
 
 SCORES = ("log_px", "msp", "neg_score_norm")
 SCORE_LABELS = {"log_px": "log p(y)", "msp": "max softmax p(c|y)", "neg_score_norm": "-||∇ log p(y)||"}
@@ -118,7 +119,6 @@ def _channels(x: torch.Tensor, channels: int) -> torch.Tensor:
 def tiny_imagenet_ood(n: int, size: int = 32, channels: int = 3, data_dir=None, seed: int = 0) -> torch.Tensor:
     """``n`` Tiny ImageNet test (val) images, a seeded class-balanced subset, resized to ``size`` x
     ``size`` (anti-aliased bilinear), as floats in [0, 1]. Raises ``FileNotFoundError`` without the data."""
-    from .data import load
 
     ds = load("tiny-imagenet", "test", data_dir, n, seed)
     return _channels(_resize(ds.to_float(), size), channels)
@@ -183,14 +183,7 @@ def ood_sets(in_dist: torch.Tensor, n: int, seed: int = 0, data_dir=None) -> dic
     return out
 
 
-def plot_score_histograms(scores_in: dict, scores_out: dict[str, dict], in_label: str = "in-distribution",
-                          bins: int = 40):
-    """One panel per score: the density of the in-distribution scores and of each OOD set's on shared
-    bins (``cdn.plots.score_distributions``, seaborn). Returns the figure."""
-    from .plots import score_distributions
-
-    return score_distributions(scores_in, scores_out, in_label=in_label, bins=bins, labels=SCORE_LABELS)
 
 
 __all__ = ["SCORES", "SCORE_LABELS", "auroc", "digits_ood", "fpr_at_tpr", "gaussian_noise", "ood_scores", "ood_sets",
-           "ood_table", "plot_score_histograms", "shuffle_pixels", "tiny_imagenet_ood", "uniform_noise"]
+           "ood_table", "shuffle_pixels", "tiny_imagenet_ood", "uniform_noise"]

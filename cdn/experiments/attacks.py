@@ -22,11 +22,11 @@ import torch.nn.functional as F
 try:
     import torchattacks
 except ImportError as e:  # not a pyproject dependency: see the note there
-    raise ImportError("cdn.attacks needs torchattacks: `pip install --no-deps 'torchattacks>=3.5,<4'` "
+    raise ImportError("cdn.experiments.attacks needs torchattacks: `pip install --no-deps 'torchattacks>=3.5,<4'` "
                       "(make setup does it; --no-deps because its metadata pins an old requests)") from e
 from torch import nn
 
-from .joint import JointModel, check_image
+from ..joint import JointModel, check_image
 
 NORMS = ("Linf", "L2")
 METHODS = ("pgd", "apgd", "square")

@@ -11,7 +11,7 @@ so each is measured on the same run, on the same test images, by switching it of
 * PSNR of the denoiser (``D(y)`` of a joint model, the network of a denoise-only model) at sigma, for
   the last weights and the moving average.
 
-``python -m cdn.recipe --profile cpu --models gradresnet gradresnet-ce ...`` measures the runs of the
+``python -m cdn short-budget --profile cpu --models gradresnet gradresnet-ce ...`` measures the runs of the
 profile under the runs root and writes ``results/<profile>-<dataset>/recipe.json`` with the command,
 commit, machine and the data by name and sha256. The learning-rate schedule over the time budget is
 not measured here: that needs a second training per model.
@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_text, latest_training_checkpoint, load_model_state
-from .evaluate import DENOISE_SIGMAS, classification_vs_sigma, psnr_vs_sigma
-from .joint import JointModel
-from .profiles import get_config
-from .runs import load_run, resolve_data, results_root, runs_root
+from ..checkpoint import atomic_write_text, latest_training_checkpoint, load_model_state
+from ..evaluate import DENOISE_SIGMAS, classification_vs_sigma, psnr_vs_sigma
+from ..joint import JointModel
+from ..profiles import get_config, model_label
+from ..provenance import data_record, device_description, git_commit
+from ..runs import load_run, resolve_data, results_root, runs_root
 
 
 def last_and_average(run_dir: str | Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -84,8 +84,6 @@ def measure(profile: str, models, dataset: str = "cifar10", data_dir=None, out: 
     with its provenance (command, commit, machine, the data by name and sha256) to ``out`` (default
     ``results/<profile>-<dataset>/recipe.json``). Raises ``FileNotFoundError`` for a model whose run is
     not trained."""
-    from .architecture import data_record
-    from .report import device_description, git_commit
 
     out = Path(out) if out is not None else results_root() / f"{profile}-{dataset}" / "recipe.json"
     entries, test = [], None
@@ -99,7 +97,7 @@ def measure(profile: str, models, dataset: str = "cifar10", data_dir=None, out: 
             test = resolve_data(config, data_dir).test
         entries.append(recipe_worth(run_dir, test, sigma))
     record = {"profile": profile, "dataset": dataset, "sigma": sigma, "data": data_record(dataset, data_dir),
-              "command": f"python -m cdn.recipe --profile {profile} --dataset {dataset} --models {' '.join(models)}"
+              "command": f"python -m cdn short-budget --profile {profile} --dataset {dataset} --models {' '.join(models)}"
                          + (f" --sigma {sigma:g}" if sigma != 0.1 else ""),
               "commit": git_commit(), "machine": device_description("cpu"), "runs": entries}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,14 +109,13 @@ def table(record: dict):
     """A pandas DataFrame of a ``measure`` record: one row per model and weight set."""
     import pandas as pd
 
-    from .report import model_label
 
     rows = [{"model": model_label(e["model"]), **r} for e in record["runs"] for r in e["rows"]]
     return pd.DataFrame(rows).set_index(["model", "weights"])
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cdn.recipe", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cdn short-budget", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="cpu")
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--models", nargs="+", required=True)
@@ -131,6 +128,3 @@ def main(argv=None) -> int:
     print(f"[cdn] wrote {path}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from scipy.stats import binomtest, norm
 
-from .joint import JointModel, check_image
+from ..joint import JointModel, check_image
 
 ABSTAIN = -1
 #: the noise levels of the chapter (Cohen et al. use 0.12, 0.25, 0.5 on CIFAR-10 too)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .joint import JointModel, check_image
+from ..joint import JointModel, check_image
 
 
 @dataclass

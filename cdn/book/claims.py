@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .profiles import PROFILE_SETTINGS, get_config
-from .runs import find_committed, results_root
+from ..experiments.efficiency import EFFICIENCY_SETTINGS, race_file
+from ..profiles import PROFILE_SETTINGS, get_config
+from ..runs import find_committed, results_root
 
 #: the profiles whose committed runs the ledger reads (smoke and paper runs are not committed for CIFAR-10)
 LEDGER_PROFILES = ("quick", "cpu")
@@ -180,9 +181,8 @@ def judge_conditional(profile: str, results: Path) -> dict:
 
 
 def judge_efficiency(profile: str, results: Path) -> dict:
-    """Accuracy at the end of equal wall-clock budgets (``cdn.efficiency.race``, committed curves) of the
+    """Accuracy at the end of equal wall-clock budgets (``cdn.experiments.efficiency.race``, committed curves) of the
     joint model against the best JEM run: supported when the joint model's is higher."""
-    from .efficiency import EFFICIENCY_SETTINGS, race_file
 
     if profile not in EFFICIENCY_SETTINGS:
         return _missing(f"the race has no settings for the {profile} profile (chapter 05 shows the quick race)")

@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from .data import ImageDataset
-from .joint import JointModel
+from ..data import ImageDataset
+from ..joint import JointModel
 
 #: noise levels of the readout: log-spaced over the training range where the denoiser is informative
 DEFAULT_SIGMAS = tuple(float(s) for s in torch.logspace(math.log10(0.02), math.log10(0.5), 8))

@@ -15,11 +15,11 @@ at sigma = 0.1.
 
 Command line (the one that writes the committed file)::
 
-    python -m cdn.joint_search --out results/joint-search.json [--candidates NAME ...]
+    python -m cdn joint-search --out results/joint-search.json [--candidates NAME ...]
 
 and the decomposition of the committed ``cpu`` joint model::
 
-    python -m cdn.joint_search --budget cpu --candidates "the default (stage-1 log-energy)" --out results/joint-cpu.json
+    python -m cdn joint-search --budget cpu --candidates "the default (stage-1 log-energy)" --out results/joint-cpu.json
 """
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from .architecture import data_record
-from .checkpoint import atomic_write_text
-from .evaluate import decomposed_denoisers, psnr_vs_sigma, score_part_sizes
-from .profiles import get_config
-from .report import device_description, git_commit
+from ..checkpoint import atomic_write_text
+from ..evaluate import decomposed_denoisers, psnr_vs_sigma, score_part_sizes
+from ..profiles import get_config
+from ..provenance import data_record, device_description, git_commit
+from ..runs import get_or_train, resolve_data
 
 #: 3 epochs of the 50,000 CIFAR-10 training images at batch 128 (the quick profile's width, batch, lr), in
 #: float32 on every machine: under bf16 autocast the score of the feature-map energies is 1-3% off float32
@@ -93,7 +93,6 @@ def measure(name: str, data_dir=None, device: str = "cpu", profile: str = "quick
     true and a wrong class; a class-balanced seeded subset of ``DENOISE_IMAGES`` test images), the size of each part of the score,
     and each loss term's parameter-gradient norm at the last logged checkpoint. ``profile``, ``dataset`` and
     ``budget`` (default ``SEARCH``) are there for the tests."""
-    from .runs import get_or_train, resolve_data
 
     model, overrides = CANDIDATES[name]
     config = get_config(profile, model, dataset, **{**(SEARCH if budget is None else budget), **overrides})
@@ -178,7 +177,7 @@ def table(results: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cdn.joint_search", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cdn joint-search", description=__doc__.split("\n\n")[0])
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES), metavar="NAME")
     p.add_argument("--budget", choices=list(BUDGETS), default="search",
                    help="search: 3 epochs from the quick profile; confirm: 10 epochs with the cpu profile's recipe; "
@@ -191,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.candidates:
         profile, budget = BUDGETS[a.budget]
         rows[name] = measure(name, a.data_dir, profile=profile, budget=budget)
-        rows[name]["command"] = "python -m cdn.joint_search " + " ".join(argv or sys.argv[1:])
+        rows[name]["command"] = "python -m cdn joint-search " + " ".join(argv or sys.argv[1:])
         rows[name]["commit"] = git_commit()
         rows[name]["machine"] = device_description(torch.device("cpu"))  # rows of one file may come from several
-        out = {"meta": {"command": "python -m cdn.joint_search " + " ".join(argv or sys.argv[1:]),
+        out = {"meta": {"command": "python -m cdn joint-search " + " ".join(argv or sys.argv[1:]),
                         "commit": git_commit(), "machine": device_description(torch.device("cpu")),
                         "torch": torch.__version__, "data": data_record("cifar10", a.data_dir), "budget": {"name": a.budget, "profile": profile, **budget},
                         "rule": __doc__.split("\n\n")[2].replace("\n", " ")},
@@ -205,6 +204,3 @@ def main(argv: list[str] | None = None) -> int:
               f"{rows[name].get('network_psnr_0.1')}", flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@
 A coding exercise that trains a model asks ``run(profile, model, data_dir=..., seed=..., **changes)``
 for it: the profile's configuration with the exercise sizes of ``SIZES`` on top, then the exercise's
 own changes (``lam=0.1``, ``sigma_distribution="uniform"`` ...), loaded or trained through
-``cdn.report.chapter_runs`` like every model of the book. The sizes keep every solution small:
+``cdn.book.chapter.chapter_runs`` like every model of the book. The sizes keep every solution small:
 
 * ``smoke``: the smoke profile itself (seconds; the continuous-integration build);
 * ``quick``: width 8, 200 steps of batch 64 on 10 000 training images and 500 test images, about
@@ -19,7 +19,8 @@ ask for the same configuration share one run, and a rebuild trains nothing.
 """
 from __future__ import annotations
 
-from .profiles import PROFILES, Config, get_config
+from ..profiles import PROFILES, Config, get_config
+from .chapter import chapter_runs
 
 #: the sizes of the coding exercises per profile, on top of the profile's configuration
 SIZES: dict[str, dict] = {
@@ -48,10 +49,9 @@ def config(profile: str, model: str = "gradresnet", dataset: str = "cifar10", **
 
 
 def run(profile: str, model: str = "gradresnet", dataset: str = "cifar10", data_dir=None, seed: int = 0, **changes):
-    """The ``cdn.report.ModelRun`` (run, data, label, metrics) of ``config(profile, model, dataset,
+    """The ``cdn.book.chapter.ModelRun`` (run, data, label, metrics) of ``config(profile, model, dataset,
     seed=seed, **changes)``: loaded when it was trained before, trained now otherwise (in
     ``exercise_profile(profile)``)."""
-    from .report import chapter_runs
 
     config(profile, model, dataset, **changes)  # a bad profile, model or field fails here, before any data is read
     p = exercise_profile(profile)

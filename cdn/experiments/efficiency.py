@@ -5,7 +5,7 @@ Both are trained by the same loop (``accuracy_vs_time``): a batch from the fast 
 (``cdn.data.fast_batch``, the data order of ``cdn.data.epoch_permutation``), one update of the
 trainer, the clock stopped while the test accuracy on a fixed seeded subset is measured every
 ``eval_every_s`` seconds of training. The trainers differ only in their update: ``JointTrainer`` is
-one step of ``cdn.losses.JointLoss`` (one double backward), ``cdn.baselines.jem.JEMTrainer`` K SGLD
+one step of ``cdn.losses.JointLoss`` (one double backward), ``cdn.experiments.jem.JEMTrainer`` K SGLD
 steps then JEM's loss. Same network, width, batch, optimiser, learning rate and schedule (linear
 warm-up, then constant: a time budget fixes no step count for a cosine decay).
 
@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-from .baselines.jem import JEMTrainer
-from .checkpoint import atomic_write_text
-from .data import ImageDataset, epoch_permutation, fast_batch
-from .joint import JointModel
-from .profiles import CODE_VERSION, JOINT_ARCH, Config, get_config
-from .runs import resolve_data, results_root, runs_root
-from .train import make_optimizer, default_device, make_loss, make_net, set_cpu_threads, train_step
+from ..checkpoint import atomic_write_text
+from ..data import ImageDataset, epoch_permutation, fast_batch
+from ..joint import JointModel
+from ..losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss
+from ..profiles import CODE_VERSION, JOINT_ARCH, Config, get_config
+from ..runs import resolve_data, results_root, runs_root
+from ..train import default_device, make_loss, make_net, make_optimizer, set_cpu_threads, train_step
+from .jem import JEMTrainer
 
 #: per profile: network width, batch, time budget per model (s), evaluation interval (s of training),
 #: test images, JEM's SGLD steps, peak learning rate and warm-up steps (the same for both models)
@@ -230,7 +231,6 @@ def flops_per_image(objective: str = "joint", arch: str = "gradresnet", width: i
     convolutions, forward and every backward, the double backward included), counted on one CPU
     image with torch's FLOP formulas: ``ce`` (forward + backward), ``joint`` (``JointLoss``), ``mse``
     (``DenoisingMSELoss`` of a denoiser) or ``jem`` (K SGLD steps + JEM's loss). One multiply-add counts 2."""
-    from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss
 
     if objective not in ("ce", "joint", "mse", "jem"):
         raise ValueError(f"objective must be 'ce', 'joint', 'mse' or 'jem', got {objective!r}")
@@ -256,59 +256,5 @@ def step_flops(objective: str, arch: str, width: int, size: int, batch: int) -> 
     return batch * flops_per_image(objective, arch, width, size)
 
 
-def plot_accuracy_vs_time(result: dict, ax=None):
-    """Test accuracy against training time (evaluation excluded) of the models of ``race``."""
-    import matplotlib.pyplot as plt
-
-    from .plots import color_for
-
-    if ax is None:
-        _, ax = plt.subplots()
-    k = result["settings"]["k"]
-    labels = {"joint": "GradResNet (joint, one double backward)", "jem": f"JEM on GradResNet (K = {k})",
-              "jem-nologenergy": f"JEM on GradResNet without log-energy term (K = {k})",
-              "jem-nologenergy-lr1e-4": f"JEM, no log-energy term, lr 1e-4 (K = {k})"}
-    for i, (name, m) in enumerate(result["models"].items()):
-        t = [p["seconds"] for p in m["curve"]]
-        a = [100 * p["accuracy"] for p in m["curve"]]
-        ax.plot(t, a, marker="o", color=color_for(labels.get(name, name), i + 1), label=labels.get(name, name))
-        if m.get("diverged"):
-            ax.plot(t[-1:], a[-1:], marker="x", color="k", markersize=9)
-    ax.set_xlabel("training time (s, evaluation excluded)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend()
-    return ax.figure, ax
 
 
-def plot_sweep(sweep: dict, metric: str = "seconds_per_step", axes=None):
-    """Time per step (or ``metric``) against batch size, one line per width and case, from the
-    ``python -m benchmarks --sweep`` JSON; second panel: joint / cross-entropy step time per width."""
-    import matplotlib.pyplot as plt
-
-    from .plots import PALETTE
-
-    if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
-    rows = [r for r in sweep["rows"] if r.get(metric)]
-    widths = sorted({r["width"] for r in rows})
-    for i, w in enumerate(widths):
-        for case, style in (("gradresnet-ce", "--"), ("gradresnet-joint", "-")):
-            pts = sorted((r["batch"], r[metric]) for r in rows if r["width"] == w and r["case"] == case)
-            if pts:
-                axes[0].plot(*zip(*pts), style, marker="o", color=PALETTE[i % len(PALETTE)],
-                             label=f"width {w}, {'joint' if case.endswith('joint') else 'cross-entropy'}")
-        t = {(r["case"], r["batch"]): r[metric] for r in rows if r["width"] == w}
-        ratio = sorted((b, t[("gradresnet-joint", b)] / t[("gradresnet-ce", b)]) for (cs, b) in t
-                       if cs == "gradresnet-ce" and ("gradresnet-joint", b) in t)
-        if ratio:
-            axes[1].plot(*zip(*ratio), marker="o", color=PALETTE[i % len(PALETTE)], label=f"width {w}")
-    for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("seconds per training step")
-    axes[0].legend(fontsize=7)
-    axes[1].set_ylabel("joint step / cross-entropy step")
-    axes[1].legend()
-    axes[0].figure.tight_layout()
-    return axes[0].figure, axes

@@ -9,12 +9,11 @@ the joint loss into its cross-entropy and score-matching parts (the 64x64 analys
 
 Command line (the one that wrote the committed file)::
 
-    python -m cdn.architecture --dataset cifar10 --precision float32 bf16 --out results/architecture-quick.json
+    python -m cdn variants --dataset cifar10 --precision float32 bf16 --out results/architecture-quick.json
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import platform
@@ -24,12 +23,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data as data_mod
-from .checkpoint import atomic_write_text, sha256_file
-from .joint import JointModel
-from .losses import add_noise, dsm_per_image
-from .profiles import get_config
-from .report import git_commit
+from .. import data as data_mod
+from ..checkpoint import atomic_write_text
+from ..joint import JointModel
+from ..losses import add_noise, dsm_per_image
+from ..profiles import get_config
+from ..provenance import data_record, git_commit
+from ..runs import get_or_train, load_run, resolve_data, runs_root
+from ..train import make_loss
 
 #: (variant, noise_conditioning) measured in chapter 10, in the order of its table
 CANDIDATES: tuple[tuple[str, bool], ...] = (
@@ -57,14 +58,6 @@ def entry_name(arch: str, noise_conditioning: bool, objective: str = "joint") ->
     return arch + ("-cond" if noise_conditioning else "") + ("-ce" if objective == "ce" and arch != "resnet18" else "")
 
 
-def data_record(dataset: str, data_dir=None) -> dict:
-    """The data by file name and sha256 (never a path of this machine)."""
-    names = {"cifar10": ("cifar10-jpeg.tar.gz", "cifar10.tar.gz"), "tiny-imagenet": ("tiny-imagenet-subset.tar.gz",)}
-    for d in data_mod.candidate_dirs(data_dir):
-        for name in names.get(dataset, ()):
-            if (d / name).is_file():
-                return {"dataset": dataset, "file": name, "sha256": sha256_file(d / name)}
-    return {"dataset": dataset, "file": None, "sha256": None}
 
 
 def homogeneity_degree(model: JointModel, shape, sigma: float = 0.1, scales=(0.5, 2.0), n: int = 16,
@@ -112,7 +105,6 @@ def probe(arch: str, dataset: str = "cifar10", precision: str = "float32", noise
     measure it: clean accuracy and at sigma = 0.2, PSNR of ``D(y)`` and ``D(y, true c)`` at sigma =
     0.05 / 0.1 / 0.2, the final DSM and CE (mean of the last 30 logged steps), ms per step, the
     homogeneity degree of its score. ``arch`` may also be ``resnet18`` (cross-entropy alone)."""
-    from .runs import get_or_train, resolve_data
 
     model_name = arch
     settings = {**PROBE[dataset], **overrides}
@@ -149,7 +141,6 @@ def probe(arch: str, dataset: str = "cifar10", precision: str = "float32", noise
 def final_gradient_norms(run, train_set, config) -> dict:
     """``term_gradient_norms`` of a trained run on a fixed batch (``batch_size`` training images drawn
     with seed 0, sigma from the run's sampler with seed 0), in float32."""
-    from .train import make_loss
 
     idx = train_set.sample_indices(config.batch_size, 0)
     x = train_set.to_float(idx, next(run.net.parameters()).device)
@@ -161,7 +152,6 @@ def final_gradient_norms(run, train_set, config) -> dict:
 def add_gradient_norms(path: str | Path, data_dir=None) -> None:
     """Add ``gradient_norms`` to the joint rows of a results file that lack them (rows written before
     it was measured), from their runs in ``cdn.runs.runs_root()``."""
-    from .runs import load_run, resolve_data, runs_root
 
     results = load_results(path)
     for dataset, entries in results.get("entries", {}).items():
@@ -273,7 +263,7 @@ def compare(candidates, datasets, precisions, out: str | Path, data_dir=None, co
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cdn.architecture", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cdn variants", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", nargs="+", default=["cifar10"], choices=list(PROBE))
     p.add_argument("--precision", nargs="+", default=["float32", "bf16"])
     p.add_argument("--variant", nargs="*", default=None,
@@ -295,8 +285,5 @@ def main(argv=None) -> None:
                                    ("batch_size", a.batch_size), ("steps", a.steps), ("test_size", a.test_size))
                  if v is not None}
     compare(cands, a.dataset, a.precision, a.out, a.data_dir,
-            command="python -m cdn.architecture " + " ".join(argv or sys.argv[1:]), **overrides)
+            command="python -m cdn variants " + " ".join(argv or sys.argv[1:]), **overrides)
 
-
-if __name__ == "__main__":
-    main()

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .data import ImageDataset
+from ..data import ImageDataset
 
 
 class PerImageAugmented(Dataset):

@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ..experiments.ood import SCORE_LABELS
+
 #: Okabe-Ito colour-blind-safe palette, then matplotlib's tab10 for anything beyond it.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
@@ -338,7 +340,7 @@ def sigma_histogram(sigmas, ax=None, bins: int = 40, title: str | None = None):
 
 def score_distributions(scores_in: Mapping[str, torch.Tensor], scores_out: Mapping[str, Mapping[str, torch.Tensor]],
                         in_label: str = "in-distribution", bins: int = 40, labels: Mapping[str, str] | None = None):
-    """Out-of-distribution scores (``cdn.ood.ood_scores``): one panel per score, the density of the
+    """Out-of-distribution scores (``cdn.experiments.ood.ood_scores``): one panel per score, the density of the
     in-distribution scores (filled grey) and of each outlier set's (outlined), on shared bins clipped
     to the 0.5-99.5 percentiles of all values (seaborn ``histplot``). ``labels`` names the scores on
     the x axes. Returns the figure."""
@@ -449,3 +451,76 @@ def reliability_diagram(bins: Mapping[str, torch.Tensor], ax=None, title: str | 
 __all__ = ["PALETTE", "STYLE", "accuracy_curves", "bar_by_class", "color_for", "confusion_matrix", "image_grid",
            "image_rows", "metric_vs_sigma", "reliability_diagram", "score_distributions", "sigma_histogram",
            "show_image", "signed_images", "training_curves", "use_style"]
+
+
+def quiver_field(ax, y: torch.Tensor, target: torch.Tensor, color="k", title: str | None = None,
+                 samples: torch.Tensor | None = None, sample_colors=None, scale: float = 1.0):
+    """Arrows from each grid point ``y`` (B, 2) to ``target`` (B, 2) (a denoiser's output, so the arrow
+    is ``D(y) - y``), drawn to scale (``scale`` = 1: the arrow ends at ``D(y)``), over optional
+    ``samples`` of the clean data."""
+    y, t = y.detach().cpu().numpy(), target.detach().cpu().numpy()
+    if samples is not None:
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, c=sample_colors, alpha=0.25, linewidths=0)
+    ax.quiver(y[:, 0], y[:, 1], scale * (t[:, 0] - y[:, 0]), scale * (t[:, 1] - y[:, 1]), angles="xy",
+              scale_units="xy", scale=1, color=color, width=0.004)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_accuracy_vs_time(result: dict, ax=None):
+    """Test accuracy against training time (evaluation excluded) of the models of ``race``."""
+    if ax is None:
+        _, ax = plt.subplots()
+    k = result["settings"]["k"]
+    labels = {"joint": "GradResNet (joint, one double backward)", "jem": f"JEM on GradResNet (K = {k})",
+              "jem-nologenergy": f"JEM on GradResNet without log-energy term (K = {k})",
+              "jem-nologenergy-lr1e-4": f"JEM, no log-energy term, lr 1e-4 (K = {k})"}
+    for i, (name, m) in enumerate(result["models"].items()):
+        t = [p["seconds"] for p in m["curve"]]
+        a = [100 * p["accuracy"] for p in m["curve"]]
+        ax.plot(t, a, marker="o", color=color_for(labels.get(name, name), i + 1), label=labels.get(name, name))
+        if m.get("diverged"):
+            ax.plot(t[-1:], a[-1:], marker="x", color="k", markersize=9)
+    ax.set_xlabel("training time (s, evaluation excluded)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    return ax.figure, ax
+
+
+def plot_sweep(sweep: dict, metric: str = "seconds_per_step", axes=None):
+    """Time per step (or ``metric``) against batch size, one line per width and case, from the
+    ``python -m benchmarks --sweep`` JSON; second panel: joint / cross-entropy step time per width."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
+    rows = [r for r in sweep["rows"] if r.get(metric)]
+    widths = sorted({r["width"] for r in rows})
+    for i, w in enumerate(widths):
+        for case, style in (("gradresnet-ce", "--"), ("gradresnet-joint", "-")):
+            pts = sorted((r["batch"], r[metric]) for r in rows if r["width"] == w and r["case"] == case)
+            if pts:
+                axes[0].plot(*zip(*pts), style, marker="o", color=PALETTE[i % len(PALETTE)],
+                             label=f"width {w}, {'joint' if case.endswith('joint') else 'cross-entropy'}")
+        t = {(r["case"], r["batch"]): r[metric] for r in rows if r["width"] == w}
+        ratio = sorted((b, t[("gradresnet-joint", b)] / t[("gradresnet-ce", b)]) for (cs, b) in t
+                       if cs == "gradresnet-ce" and ("gradresnet-joint", b) in t)
+        if ratio:
+            axes[1].plot(*zip(*ratio), marker="o", color=PALETTE[i % len(PALETTE)], label=f"width {w}")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("seconds per training step")
+    axes[0].legend(fontsize=7)
+    axes[1].set_ylabel("joint step / cross-entropy step")
+    axes[1].legend()
+    axes[0].figure.tight_layout()
+    return axes[0].figure, axes
+
+
+def plot_score_histograms(scores_in: dict, scores_out: dict[str, dict], in_label: str = "in-distribution",
+                          bins: int = 40):
+    """One panel per score: the density of the in-distribution scores and of each OOD set's on shared
+    bins (``cdn.book.plots.score_distributions``, seaborn). Returns the figure."""
+    return score_distributions(scores_in, scores_out, in_label=in_label, bins=bins, labels=SCORE_LABELS)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value
 
-from .losses import dsm_per_image
+from ..losses import dsm_per_image
 
 
 def joint_loss(net: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, c: torch.Tensor,

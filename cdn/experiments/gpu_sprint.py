@@ -2,8 +2,8 @@
 short-budget recipe, evaluated on the whole test set, written as a committed run (the numbers of
 chapter "Results" for the paper profile, until a full schedule has run).
 
-    python -m cdn.sprint --seconds 480 --out DIR [--data-dir PATH] [--set batch_size=256 ...]
-    python -m cdn.sprint --seconds 5 --out DIR --smoke          (tiny sizes on the CPU: CI, tests)
+    python -m cdn sprint --seconds 480 --out DIR [--data-dir PATH] [--set batch_size=256 ...]
+    python -m cdn sprint --seconds 5 --out DIR --smoke          (tiny sizes on the CPU: CI, tests)
 
 The recipe: learning rate warm-up then cosine decay over the training seconds (``time_budget_s``),
 a moving average of the weights (``ema_decay``) that is the model evaluated and saved, test-time
@@ -24,8 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
-from .profiles import Config, get_config
+from ..checkpoint import atomic_write_text
+from ..profiles import Config, get_config, parse_overrides
+from ..provenance import device_description, git_commit
+from ..runs import export_run, load_run, resolve_data, runs_root
+from ..train import default_device, train
 
 #: the recipe of a sprint, over the paper profile's width 64, batch 128 and learning rate
 SPRINT_RECIPE = dict(ema_decay=0.999, tta_flip=True, precision="auto", steps=10_000_000, checkpoint_every=2000,
@@ -37,10 +40,10 @@ MAX_FILE_MIB = 16
 
 
 def portable_command(argv: list[str]) -> str:
-    """``python -m cdn.sprint ARGS`` for RUN.md, each absolute path replaced by its last component (a
+    """``python -m cdn sprint ARGS`` for RUN.md, each absolute path replaced by its last component (a
     committed run holds no path of the machine that made it)."""
     args = [Path(a).name if Path(a).is_absolute() else a for a in argv]
-    return "python -m cdn.sprint " + " ".join(shlex.quote(a) for a in args)
+    return "python -m cdn sprint " + " ".join(shlex.quote(a) for a in args)
 
 
 def sprint_config(seconds: float, smoke: bool = False, dataset: str = "cifar10", **overrides) -> Config:
@@ -58,9 +61,6 @@ def sprint(seconds: float, out: str | Path, data_dir=None, smoke: bool = False, 
     """Train the sprint of ``sprint_config(seconds, smoke, dataset, **overrides)``, evaluate it on the
     configuration's test set (the whole CIFAR-10 test set outside smoke) and write it into ``out``
     (module docstring). Returns the metrics."""
-    from .report import device_description, git_commit
-    from .runs import export_run, load_run, resolve_data, runs_root
-    from .train import default_device, train
 
     config = sprint_config(seconds, smoke, dataset, **overrides)
     data = resolve_data(config, data_dir)
@@ -108,10 +108,9 @@ def sprint(seconds: float, out: str | Path, data_dir=None, smoke: bool = False, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cdn.sprint``: parse the arguments and run ``sprint``."""
-    from .cli import _parse_overrides
+    """``python -m cdn sprint``: parse the arguments and run ``sprint``."""
 
-    p = argparse.ArgumentParser(prog="python -m cdn.sprint", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cdn sprint", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, required=True, help="training seconds (the schedule's budget)")
     p.add_argument("--out", required=True, help="folder that receives the run (weights, metrics, log, RUN.md)")
     p.add_argument("--data-dir", default=None, help="folder or .tar.gz holding the data")
@@ -125,13 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         metrics = sprint(args.seconds, args.out, args.data_dir, args.smoke, args.dataset, args.device, args.runs,
-                         command=portable_command(argv), progress=args.progress, **_parse_overrides(args.set))
+                         command=portable_command(argv), progress=args.progress, **parse_overrides(args.set))
     except (ValueError, FileNotFoundError) as err:
-        print(f"cdn.sprint: error: {err}", file=sys.stderr)
+        print(f"cdn.experiments.gpu_sprint: error: {err}", file=sys.stderr)
         return 2
     print(f"[cdn] sprint written to {args.out}: clean accuracy {metrics.get('clean_accuracy')}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

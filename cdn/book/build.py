@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data import REPO_ROOT
+from ..data import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"

@@ -1,0 +1,116 @@
+"""The metric tables the chapters print from their runs' metrics (``cdn.book.chapter.ModelRun``):
+accuracy and PSNR against sigma, training summaries and the headline rows of the Results chapter."""
+from __future__ import annotations
+
+from ..profiles import model_label
+from .chapter import ModelRun
+
+
+
+
+def classification_table(runs: dict[str, ModelRun], metric: str = "accuracy"):
+    """A pandas DataFrame of ``metric`` (accuracy, nll or ece) with one row per model and one column
+    per noise level sigma, from each run's cached metrics."""
+    import pandas as pd
+
+    table = {}
+    for name, r in runs.items():
+        rows = r.metrics().get("classification")
+        if rows:
+            table[r.label] = {f"σ={row['sigma']:g}": row[metric] for row in rows}
+    if not table:
+        raise ValueError("none of the given runs is a classifier (no classification metrics)")
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+def denoising_table(runs: dict[str, ModelRun]):
+    """A pandas DataFrame of PSNR (dB) with one row per denoiser (``noisy`` input, then each joint
+    model's ``D(y)``, ``D(y,c)``, ``D(y,wrong c)`` and each denoise-only model) and one column per
+    sigma."""
+    import pandas as pd
+
+    table: dict[str, dict] = {}
+    for name, r in runs.items():
+        rows = r.metrics().get("denoising")
+        if not rows:
+            continue
+        for key in rows[0]:
+            if key == "sigma":
+                continue
+            label = "noisy input y" if key == "noisy" else f"{r.label}: {key}"
+            if key == "noisy" and label in table:
+                continue
+            table[label] = {f"σ={row['sigma']:g}": row[key] for row in rows}
+    if not table:
+        raise ValueError("none of the given runs is a denoiser (no denoising metrics)")
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+def psnr_curves(runs: dict[str, ModelRun]) -> dict[str, list[dict]]:
+    """PSNR rows per curve for ``cdn.book.plots.metric_vs_sigma``: ``{label: [{"sigma", "psnr"}, ...]}``,
+    one curve per denoiser of every run plus the noisy input."""
+    curves: dict[str, list[dict]] = {}
+    for name, r in runs.items():
+        rows = r.metrics().get("denoising") or []
+        for key in (rows[0] if rows else {}):
+            if key == "sigma":
+                continue
+            if key == "noisy":
+                label = "noisy input y"
+            elif r.run.config.objective == "mse":
+                label = r.label
+            else:
+                label = f"{key}, {r.label}"
+            curves.setdefault(label, [{"sigma": row["sigma"], "psnr": row[key]} for row in rows])
+    return curves
+
+
+def training_summary(runs: dict[str, ModelRun]):
+    """A pandas DataFrame of how each run was trained: objective, steps, epochs, wall time, time per
+    step, median throughput (images / s), and the time per step divided by that of the cross-entropy
+    GradResNet when present (the double-backward cost of the joint objective). Format it with
+    ``TRAINING_SUMMARY_FORMAT``."""
+    import pandas as pd
+
+    rows = {}
+    for name, r in runs.items():
+        st = r.run.state
+        log = r.run.log()
+        steps = st.get("step") or 0
+        per_step = st["elapsed_s"] / steps if steps and st.get("elapsed_s") is not None else float("nan")
+        ips = [row["images_per_s"] for row in log if "images_per_s" in row]
+        rows[r.label] = {"objective": r.run.config.objective, "steps": steps, "epochs": st.get("epochs"),
+                         "wall time (s)": st.get("elapsed_s"), "ms / step": 1000 * per_step,
+                         "images / s": sorted(ips)[len(ips) // 2] if ips else float("nan")}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    ref = model_label("gradresnet-ce")
+    if ref in df.index:
+        df["step cost ÷ CE step"] = df["ms / step"] / df.loc[ref, "ms / step"]
+    return df
+
+
+#: number formats of the ``training_summary`` columns, for ``DataFrame.style.format``
+TRAINING_SUMMARY_FORMAT = {"epochs": "{:.2f}", "wall time (s)": "{:.1f}", "ms / step": "{:.0f}",
+                           "images / s": "{:.1f}", "step cost ÷ CE step": "{:.2f}"}
+
+
+def headline_rows(runs: dict[str, ModelRun], dataset: str, sigma: float = 0.1) -> list[dict]:
+    """The headline numbers of each run, one dict per model: clean accuracy and ECE, accuracy at
+    ``sigma`` and PSNR of ``D(y)`` (or the denoise-only model) at ``sigma``, with the profile and the
+    data that made them. Missing values are ``None``."""
+    out = []
+    for name, r in runs.items():
+        m = r.metrics()
+        cls = {row["sigma"]: row for row in m.get("classification") or []}
+        den = {row["sigma"]: row for row in m.get("denoising") or []}
+        out.append({
+            "dataset": dataset, "model": r.label, "profile": r.run.config.profile,
+            "clean accuracy": cls.get(0.0, {}).get("accuracy"),
+            f"accuracy σ={sigma:g}": cls.get(sigma, {}).get("accuracy"),
+            "clean ECE": cls.get(0.0, {}).get("ece"),
+            f"PSNR D(y) σ={sigma:g} (dB)": den.get(sigma, {}).get("D(y)"),
+            f"PSNR noisy σ={sigma:g} (dB)": den.get(sigma, {}).get("noisy"),
+            "train time (s)": r.run.state.get("elapsed_s"),
+            "data": r.data.source,
+        })
+    return out
