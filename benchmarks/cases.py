@@ -50,7 +50,7 @@ CASES = [  # name, architecture, objective, options
     ("gradresnet-joint-func", "gradresnet", "joint_func", {}),
     ("gradresnet-joint-func-compiled", "gradresnet", "joint_func", {"compile": True}),
     # bf16 autocast (the score path of GradResNet stays float32, cdn.nets.resnet.full_precision): fast on a
-    # CPU with AMX / AVX512-BF16 or a GPU, emulated and slow on other CPUs (cdn.train.cpu_has_fast_bf16)
+    # CPU with AMX (or AVX512-BF16 on an AMD CPU) or a GPU, slower on other CPUs (cdn.train.cpu_has_fast_bf16)
     ("gradresnet-ce-float32", "gradresnet", "ce", {"precision": "float32"}),
     ("resnet18-ce-float32", "resnet18", "ce", {"precision": "float32"}),
     ("unet-mse-float32", "unet", "mse", {"precision": "float32"}),

@@ -23,7 +23,7 @@ CODE_VERSION = 3
 #: "dsm_conditional": score matching of D(y, true c) alone, no cross-entropy: a class-conditional denoiser, the
 #: model a diffusion classifier reads out
 OBJECTIVES = ("joint", "ce", "ce_noise", "ce_noisy", "mse", "mollify", "dsm_conditional")
-#: "auto": bf16 autocast on a GPU or on a CPU with a bf16 unit (AMX or AVX512-BF16 in /proc/cpuinfo,
+#: "auto": bf16 autocast on a GPU or on a CPU whose bf16 unit beats float32 (AMX, or AVX512-BF16 on an AMD CPU:
 #: cdn.train.cpu_has_fast_bf16), float32 elsewhere (emulated bf16 is many times slower); "bf16" forces autocast with the score path
 #: (input layer, energy, head) in float32 (cdn.nets.resnet.full_precision); "bf16-all" autocasts the
 #: score path too (kept to show why it fails, chapter 10); "float32" forbids autocast

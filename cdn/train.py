@@ -106,23 +106,37 @@ def ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float)
             ema[k].copy_(v)
 
 
-#: the /proc/cpuinfo flags of a CPU that computes bf16 in hardware (AMX tiles or AVX512-BF16); without
-#: them torch emulates bf16 and a joint step is many times slower than in float32 (README, "Design choices")
-FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+#: the /proc/cpuinfo flags of a bf16 unit that makes bf16 faster than float32 on every CPU measured: AMX tiles
+#: (an Intel Xeon: a 2048x2048 matmul 1,800 GFLOP/s in bf16 against about 250 in float32, 2 threads)
+FAST_BF16_CPU_FLAGS = ("amx_bf16",)
+#: a bf16 unit that is faster than float32 only on some vendors' cores, AVX512-BF16: on an AMD EPYC (Zen 4) 925
+#: against 222 GFLOP/s; on an Intel Xeon (model 207) without AMX 148 against 263, slower than float32
+#: (results/bench-roofline-xeon-noamx-2core.json), so it counts only with the vendors of ``FAST_AVX512_BF16_VENDORS``
+AVX512_BF16_FLAG = "avx512_bf16"
+FAST_AVX512_BF16_VENDORS = ("AuthenticAMD",)
 
 
 def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has a bf16 unit: one of ``FAST_BF16_CPU_FLAGS`` among the ``flags`` of
-    ``/proc/cpuinfo`` (or of the ``cpuinfo`` text given). False where the file cannot be read."""
+    """Whether this CPU computes bf16 faster than float32: AMX tiles (``FAST_BF16_CPU_FLAGS``) among the ``flags``
+    of ``/proc/cpuinfo`` (or of the ``cpuinfo`` text given), or AVX512-BF16 on a CPU whose ``vendor_id`` is one
+    of ``FAST_AVX512_BF16_VENDORS``. False where the file cannot be read; without a bf16 unit torch emulates
+    bf16 and a joint step is many times slower than in float32 (README, "Design choices")."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return False
+    flags, vendor = None, None
     for line in cpuinfo.splitlines():
-        if line.startswith("flags") and ":" in line:
-            return any(flag in line.split(":", 1)[1].split() for flag in FAST_BF16_CPU_FLAGS)
-    return False
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and flags is None:
+            flags = set(value.split())
+        elif key.strip() == "vendor_id" and vendor is None:
+            vendor = value.strip()
+    if not flags:
+        return False
+    return (any(flag in flags for flag in FAST_BF16_CPU_FLAGS)
+            or (AVX512_BF16_FLAG in flags and vendor in FAST_AVX512_BF16_VENDORS))
 
 
 #: heads whose class-independent energy is computed from the network's feature maps: under bf16 autocast

@@ -218,11 +218,17 @@ def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
     explicit precisions ignore the hardware."""
     from cdn import train as T
 
-    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n"
-    avx = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
-    plain = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
-    assert T.cpu_has_fast_bf16(amx) and T.cpu_has_fast_bf16(avx)
-    assert not T.cpu_has_fast_bf16(plain) and not T.cpu_has_fast_bf16("no flags line at all")
+    def cpuinfo(vendor, flags):
+        return f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu sse2 avx2 fma {flags}\n"
+
+    amx = cpuinfo("GenuineIntel", "avx512f avx512_bf16 amx_bf16 amx_tile")
+    amd_avx = cpuinfo("AuthenticAMD", "avx512f avx512_bf16")
+    intel_avx = cpuinfo("GenuineIntel", "avx512f avx512_bf16 avx512_fp16")  # measured slower than float32
+    plain = cpuinfo("AuthenticAMD", "avx512f")
+    assert T.cpu_has_fast_bf16(amx) and T.cpu_has_fast_bf16(amd_avx)
+    assert not T.cpu_has_fast_bf16(intel_avx) and not T.cpu_has_fast_bf16(plain)
+    assert not T.cpu_has_fast_bf16("no flags line at all")
+    assert not T.cpu_has_fast_bf16("flags\t\t: avx512_bf16\n")  # no vendor: not counted
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     # a head whose energy is one convolution of y (the score path stays float32 under autocast); the default
     # joint model's stage-1 energy is float32 under 'auto' everywhere (tests/test_precision.py)
