@@ -33,7 +33,8 @@ def cmd_train(args) -> int:
     import dataclasses
 
     from .profiles import get_config, parse_overrides
-    from .runs import find_committed, load_run, resolve_data, runs_root
+    from .committed import find_committed
+    from .runs import load_run, resolve_data, runs_root
 
     overrides = parse_overrides(args.set)
     if args.seed is not None:
@@ -333,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a finished run as a committed run (float16 weights, sha256 manifest, "
                        "RUN.md) that cdn reuses instead of training")
     x.add_argument("run", help="a finished run directory (runs/<name>-<hash>)")
-    x.add_argument("--to", default=None, help="destination folder (default results/<profile>-<dataset>/<model>, or <model>-<hash> for a configuration other than the profile's own, cdn.runs.committed_dir)")
+    x.add_argument("--to", default=None, help="destination folder (default results/<profile>-<dataset>/<model>, or <model>-<hash> for a configuration other than the profile's own, cdn.committed.committed_dir)")
     x.add_argument("--data-dir", default=None, help="folder holding the data (its file is recorded by name and sha256)")
     x.add_argument("--command", default=None, help="the command that trained the run, for RUN.md (default: the "
                    "cdn train command of its configuration)")

@@ -118,6 +118,13 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     return out
 
 
+def repo_folder(given, env: str, default: str) -> Path:
+    """``given``, else ``$env``, else ``default`` under the repository root (``REPO_ROOT``)."""
+    if given is not None:
+        return Path(given)
+    return Path(os.environ[env]) if os.environ.get(env) else REPO_ROOT / default
+
+
 def cache_dir() -> Path:
     """Decoded-array cache folder: ``$CDN_CACHE`` or ``~/.cache/cdn``."""
     d = Path(os.environ.get("CDN_CACHE", Path.home() / ".cache" / "cdn")).expanduser()

@@ -9,7 +9,8 @@ import pytest
 from cdn.book import claims
 from cdn.data import REPO_ROOT
 from cdn.profiles import get_config
-from cdn.runs import MANIFEST, MANIFEST_FORMAT, sha256_file
+from cdn.checkpoint import sha256_file
+from cdn.committed import MANIFEST, MANIFEST_FORMAT
 
 
 def _commit(results, model, metrics, profile="quick", **changes):

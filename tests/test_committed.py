@@ -8,12 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import cdn.committed as committed_mod
 import cdn.runs as runs_mod
 from cdn.checkpoint import CheckpointError
 from cdn.cli import main
 from cdn.data import REPO_ROOT
 from cdn.profiles import get_config
-from cdn.runs import export_run, find_committed, get_or_train, load_run, resolve_data, runs_root, verify_committed
+from cdn.committed import find_committed, verify_committed
+from cdn.runs import export_run, get_or_train, load_run, resolve_data, runs_root
 
 
 def _config(**kw):
@@ -37,9 +39,9 @@ def test_another_configuration_of_a_model_is_committed_beside_it(exported, tmp_p
     <model>-<hash>/, so both are committed and each is found by its hash."""
     config, data, run, dest = exported
     results = dest.parent.parent
-    assert runs_mod.committed_dir(config, results) == results / "smoke-synthetic" / "gradresnet"
+    assert committed_mod.committed_dir(config, results) == results / "smoke-synthetic" / "gradresnet"
     short = _config(steps=4, checkpoint_every=2)
-    folder = runs_mod.committed_dir(short, results)
+    folder = committed_mod.committed_dir(short, results)
     assert folder == results / "smoke-synthetic" / f"gradresnet-{short.key()}"
     trained = get_or_train(short, data=data, root=tmp_path / "r", device="cpu", progress=False, results=results)
     assert not trained.committed
@@ -59,7 +61,7 @@ def _no_training(*args, **kwargs):
 
 def test_export_writes_the_committed_format(exported):
     config, data, run, dest = exported
-    assert dest == runs_mod.committed_dir(config, dest.parent.parent)
+    assert dest == committed_mod.committed_dir(config, dest.parent.parent)
     names = {p.name for p in dest.iterdir()}
     assert names == {"config.json", "state.json", "log.jsonl", "metrics.json", "model.safetensors", "manifest.json"}
     manifest = verify_committed(dest)
@@ -85,7 +87,7 @@ def test_exported_files_hold_no_absolute_path(exported, tmp_path):
     (tmp_path / "leak").mkdir()
     (tmp_path / "leak" / "state.json").write_text(json.dumps({"data": str(run.dir)}))
     with pytest.raises(ValueError, match="absolute path"):
-        runs_mod.check_portable(tmp_path / "leak", [run.dir])
+        committed_mod.check_portable(tmp_path / "leak", [run.dir])
 
 
 def test_committed_run_is_used_without_training(exported, tmp_path, monkeypatch):

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from cdn import train as T
 from cdn.joint import JointModel
 from cdn.profiles import get_config
-from cdn.runs import precision_note, resolve_data
+from cdn.committed import precision_note
+from cdn.runs import resolve_data
 from cdn.train import make_loss, make_net, train
 
 U_BF16 = 2.0 ** -8

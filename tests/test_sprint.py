@@ -5,7 +5,8 @@ import json
 import torch
 
 import cdn.experiments.gpu_sprint
-from cdn.runs import load_run, verify_committed
+from cdn.committed import verify_committed
+from cdn.runs import load_run
 
 
 def test_smoke_sprint_writes_a_loadable_committed_run(tmp_path, monkeypatch):

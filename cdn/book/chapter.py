@@ -18,7 +18,8 @@ from ..checkpoint import atomic_write_text
 from ..data import REPO_ROOT, ImageDataset, cache_dir
 from ..profiles import PROFILE_SETTINGS, PROFILES, get_config, model_label, runs_profile
 from ..provenance import described_data, device_description, git_commit, portable_source
-from ..runs import Data, Run, find_committed, get_or_train, load_run, resolve_data, results_root
+from ..committed import find_committed, results_root
+from ..runs import Data, Run, get_or_train, load_run, resolve_data
 
 #: Published CIFAR-10 test accuracies the results chapter sets beside ours. They are literature
 #: values (not produced by this project) and are always shown with their source.
@@ -265,10 +266,10 @@ class CommittedModelRun(ModelRun):
 def committed_runs(profile: str, dataset: str, models, results_dir: str | Path | None = None
                    ) -> dict[str, CommittedModelRun]:
     """The committed runs of ``models`` in ``results/<profile>-<dataset>/`` (``cdn.runs.export_run``),
-    each verified against its manifest (``cdn.runs.verify_committed``: a changed file is a
+    each verified against its manifest (``cdn.committed.verify_committed``: a changed file is a
     ``CheckpointError``) and loaded on the CPU, as ``{model: CommittedModelRun}`` in the order given;
     models without a committed run, or whose committed run is of another configuration than the profile's own
-    (``cdn.runs.find_committed``: trained before the profile changed), are left out (an empty dict when none is
+    (``cdn.committed.find_committed``: trained before the profile changed), are left out (an empty dict when none is
     committed). The tables of
     this module take them like ``chapter_runs``'s (chapter "Results", the ``cpu`` column)."""
     folder = results_root(results_dir) / f"{profile}-{dataset}"

@@ -2,7 +2,7 @@
 a rule written here, before any number is read (chapter "Results" and the README show it).
 
 Evidence is read only from what is committed under ``results/``: the committed run of a profile's own
-configuration of a model (``cdn.runs.find_committed``: a run trained under another configuration or
+configuration of a model (``cdn.committed.find_committed``: a run trained under another configuration or
 code version is not evidence for this one) and its ``metrics.json``, and the committed accuracy-against-time
 curves of ``results/efficiency/``. Nothing here trains or evaluates on data. Verdicts:
 
@@ -26,7 +26,7 @@ from typing import Callable
 
 from ..experiments.efficiency import EFFICIENCY_SETTINGS, race_file
 from ..profiles import PROFILE_SETTINGS, get_config
-from ..runs import find_committed, results_root
+from ..committed import find_committed, results_root
 
 #: the profiles whose committed runs the ledger reads (smoke and paper runs are not committed for CIFAR-10)
 LEDGER_PROFILES = ("quick", "cpu")

@@ -29,7 +29,8 @@ from ..data import ImageDataset, epoch_permutation, fast_batch
 from ..joint import JointModel
 from ..losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss
 from ..profiles import CODE_VERSION, JOINT_ARCH, Config, get_config
-from ..runs import resolve_data, results_root, runs_root
+from ..committed import results_root
+from ..runs import resolve_data, runs_root
 from ..train import default_device, make_loss, make_net, make_optimizer, set_cpu_threads, train_step
 from .jem import JEMTrainer
 

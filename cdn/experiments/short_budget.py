@@ -29,7 +29,8 @@ from ..evaluate import DENOISE_SIGMAS, classification_vs_sigma, psnr_vs_sigma
 from ..joint import JointModel
 from ..profiles import get_config, model_label
 from ..provenance import data_record, device_description, git_commit
-from ..runs import load_run, resolve_data, results_root, runs_root
+from ..committed import results_root
+from ..runs import load_run, resolve_data, runs_root
 
 
 def last_and_average(run_dir: str | Path) -> dict[str, dict[str, torch.Tensor]]:
