@@ -280,36 +280,101 @@ def model_label(model: str) -> str:
     return MODEL_LABELS.get(model, model)
 
 
-#: per-profile sizes of the theory chapters (smoke: seconds; quick: the 2-core machine)
-THEORY_SETTINGS = {
-    "smoke": dict(mixture_steps=150, grid=11, n_eval=500, jac_crop=16, jac_sigmas=(0.1,), jac_full=None,
-                  jac_images=1, ll_images=4, gd_ns=(20, 100, 1000), gd_reps=4, gd_test=5000, fisher_mc=20_000,
-                  ablation_overrides={}, ablation_models=("gradresnet-logenergy", "gradresnet-relu"), timing_repeats=1,
-                  blind_dims=(2, 32, 512), blind_n=50),
-    "quick": dict(mixture_steps=2000, grid=13, n_eval=4000, jac_crop=16, jac_sigmas=(0.02, 0.05, 0.1, 0.2, 0.4),
-                  jac_full=32, jac_images=2, ll_images=32, gd_ns=(20, 50, 100, 300, 1000, 3000), gd_reps=100,
-                  gd_test=50_000, fisher_mc=400_000,
-                  # the GradResNet ablation trains five models: a shortened schedule on the 2-core machine
-                  ablation_overrides=dict(steps=100, warmup_steps=10, test_size=500, checkpoint_every=50),
-                  # one-switch ablations of the architecture they were built from (the 3x3 log-energy head)
-                  ablation_models=("gradresnet-logenergy", "gradresnet-relu", "gradresnet-batchnorm",
-                                   "gradresnet-noside", "gradresnet-nologenergy"),
-                  timing_repeats=3, blind_dims=(2, 8, 32, 128, 512, 3072), blind_n=300),
+
+
+#: the sizes of every measured experiment, per profile and experiment. One rule for a profile without sizes of its
+#: own for an experiment (a ``cpu`` build, whose models train for half an hour each): it runs the experiment with
+#: quick's sizes, on its own models (``experiment_sizes``). Per experiment:
+#: ``attacks``: attacked test images, PGD/APGD steps and restarts, the EOT attack's sigma, draws and images, the
+#: strong attack's steps and restarts, Square's queries and images, the large budgets, the targeted attack's steps;
+#: ``certify``: certified test images, Monte-Carlo samples (selection n0, estimation n), alpha, batch;
+#: ``corruptions``: corrupted test images (the first ``holdout`` only choose the joint model's matched sigma) and the
+#: grid of added noise levels that sigma is chosen from;
+#: ``efficiency``: network width, batch, time budget per model (s), evaluation interval (s of training), test
+#: images, JEM's SGLD steps, peak learning rate and warm-up steps (the same for both models of the race);
+#: ``classical``: images BM3D and NL-means denoise in chapter 03 (BM3D: about a second per image and sigma);
+#: ``sampling``: samples per class, steps of coarse-to-fine and of EDM's sampler, images in and out of distribution;
+#: ``exercises``: sizes on top of the profile's configuration (a profile without them trains the exercises as
+#: quick does, ``exercise_profile``);
+#: ``theory``: the theory chapters' mixtures, grids, Jacobians, estimator comparisons, timings and chapter 10's
+#: ablation (``ablation_profile``: the profile whose runs it trains or reuses)
+_QUICK_THEORY = dict(mixture_steps=2000, grid=13, n_eval=4000, jac_crop=16, jac_sigmas=(0.02, 0.05, 0.1, 0.2, 0.4),
+                     jac_full=32, jac_images=2, ll_images=32, gd_ns=(20, 50, 100, 300, 1000, 3000), gd_reps=100,
+                     gd_test=50_000, fisher_mc=400_000,
+                     # the GradResNet ablation trains five models: a shortened schedule on the 2-core machine
+                     ablation_overrides=dict(steps=100, warmup_steps=10, test_size=500, checkpoint_every=50),
+                     # one-switch ablations of the architecture they were built from (the 3x3 log-energy head)
+                     ablation_models=("gradresnet-logenergy", "gradresnet-relu", "gradresnet-batchnorm",
+                                      "gradresnet-noside", "gradresnet-nologenergy"),
+                     timing_repeats=3, blind_dims=(2, 8, 32, 128, 512, 3072), blind_n=300, ablation_profile="quick")
+EXPERIMENT_SIZES: dict[str, dict[str, dict]] = {
+    "smoke": {
+        "attacks": dict(n_images=16, steps=3, restarts=1, eot_sigma=0.12, eot_draws=2, eot_images=8, strong_steps=6,
+                        strong_restarts=2, square_queries=20, square_images=8, large_linf=64 / 255, large_l2=8.0,
+                        target_steps=5),
+        "certify": dict(n_images=8, n0=8, n=32, alpha=0.001, batch_size=64),
+        "corruptions": dict(n_images=24, holdout=8, sigmas=(0.0, 0.1)),
+        "efficiency": dict(width=4, batch_size=32, budget_s=3.0, eval_every_s=1.0, test_size=128, k=20, lr=1e-3,
+                           warmup_steps=5),
+        "classical": dict(images=4),
+        "sampling": dict(per_class=1, max_steps=6, n_uncond=4, edm_steps=3, n_in=64, n_out=32),
+        "exercises": {},
+        "theory": dict(mixture_steps=150, grid=11, n_eval=500, jac_crop=16, jac_sigmas=(0.1,), jac_full=None,
+                       jac_images=1, ll_images=4, gd_ns=(20, 100, 1000), gd_reps=4, gd_test=5000, fisher_mc=20_000,
+                       ablation_overrides={}, ablation_models=("gradresnet-logenergy", "gradresnet-relu"),
+                       timing_repeats=1, blind_dims=(2, 32, 512), blind_n=50, ablation_profile="smoke"),
+    },
+    "quick": {
+        "attacks": dict(n_images=200, steps=10, restarts=1, eot_sigma=0.12, eot_draws=4, eot_images=100,
+                        strong_steps=20, strong_restarts=2, square_queries=200, square_images=100,
+                        large_linf=64 / 255, large_l2=8.0, target_steps=40),
+        "certify": dict(n_images=100, n0=50, n=500, alpha=0.001, batch_size=550),
+        "corruptions": dict(n_images=1000, holdout=200, sigmas=(0.0, 0.05, 0.1, 0.2, 0.3)),
+        "efficiency": dict(width=16, batch_size=64, budget_s=240.0, eval_every_s=20.0, test_size=1000, k=20, lr=1e-3,
+                           warmup_steps=50),
+        "classical": dict(images=48),
+        "sampling": dict(per_class=10, max_steps=200, n_uncond=20, edm_steps=20, n_in=1000, n_out=500),
+        "exercises": dict(width=8, steps=200, batch_size=64, train_size=10_000, test_size=500, warmup_steps=20,
+                          checkpoint_every=100, log_every=10),
+        "theory": _QUICK_THEORY,
+    },
+    "cpu": {
+        "classical": dict(images=100),
+        # quick's sizes, and quick's ablation runs themselves: five models of this profile's recipe would take its
+        # whole budget again
+        "theory": dict(_QUICK_THEORY, ablation_profile="quick"),
+    },
+    "paper": {
+        "attacks": dict(n_images=1000, steps=50, restarts=2, eot_sigma=0.12, eot_draws=16, eot_images=500,
+                        strong_steps=200, strong_restarts=5, square_queries=5000, square_images=500,
+                        large_linf=64 / 255, large_l2=8.0, target_steps=100),
+        "certify": dict(n_images=500, n0=100, n=100_000, alpha=0.001, batch_size=1000),
+        "corruptions": dict(n_images=10000, holdout=1000, sigmas=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4)),
+        "classical": dict(images=500),
+        "sampling": dict(per_class=10, max_steps=1000, n_uncond=40, edm_steps=40, n_in=10000, n_out=2000),
+        "exercises": dict(width=32, steps=2_000, batch_size=128, test_size=2_000, warmup_steps=100,
+                          checkpoint_every=500, log_every=20),
+        "theory": dict(_QUICK_THEORY, ablation_overrides={}, ablation_profile="paper"),
+    },
 }
-THEORY_SETTINGS["paper"] = dict(THEORY_SETTINGS["quick"], ablation_overrides={})
-# the cpu profile: quick's sizes, and quick's ablation runs themselves (ablation_profile): five models of the
-# profile's own recipe would take its whole 3-hour budget again
-THEORY_SETTINGS["cpu"] = dict(THEORY_SETTINGS["quick"], ablation_profile="quick")
-for _name, _settings in THEORY_SETTINGS.items():
-    _settings.setdefault("ablation_profile", _name)
+EXPERIMENTS = tuple(EXPERIMENT_SIZES["quick"])
 
 
-def theory_settings(profile: str) -> dict:
-    """The sizes the theory chapters use in ``profile`` (``THEORY_SETTINGS``); ``ablation_profile`` is the
-    profile whose runs chapter 10's ablation trains or reuses (``quick`` for a ``cpu`` build)."""
-    if profile not in THEORY_SETTINGS:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(THEORY_SETTINGS)}")
-    return dict(THEORY_SETTINGS[profile])
+def sizes_profile(profile: str, experiment: str) -> str:
+    """The profile whose sizes ``experiment`` runs with in a build of ``profile``: ``profile`` itself when
+    ``EXPERIMENT_SIZES`` holds sizes of that experiment for it, else ``quick``. Raises ``ValueError`` for an
+    unknown profile or experiment."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
+    return profile if experiment in EXPERIMENT_SIZES[profile] else "quick"
+
+
+def experiment_sizes(profile: str, experiment: str) -> dict:
+    """The sizes of ``experiment`` in a build of ``profile`` (``EXPERIMENT_SIZES`` of ``sizes_profile``), as a
+    new dict."""
+    return dict(EXPERIMENT_SIZES[sizes_profile(profile, experiment)][experiment])
 
 
 def parse_overrides(items: list[str]) -> dict:

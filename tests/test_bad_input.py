@@ -70,7 +70,7 @@ def test_the_cpu_profile_trains_cifar10_only_and_a_cpu_build_takes_quick_runs_el
     assert [runs_profile(p, "tiny-imagenet") for p in ("smoke", "quick", "paper")] == ["smoke", "quick", "paper"]
     with pytest.raises(ValueError, match="unknown profile"):
         runs_profile("huge", "cifar10")
-    cpu, quick = profiles.theory_settings("cpu"), profiles.theory_settings("quick")
+    cpu, quick = profiles.experiment_sizes("cpu", "theory"), profiles.experiment_sizes("quick", "theory")
     assert cpu["ablation_profile"] == "quick" and cpu["ablation_overrides"] == quick["ablation_overrides"]
-    assert [profiles.theory_settings(p)["ablation_profile"] for p in ("smoke", "quick", "paper")] == \
+    assert [profiles.experiment_sizes(p, "theory")["ablation_profile"] for p in ("smoke", "quick", "paper")] == \
         ["smoke", "quick", "paper"]

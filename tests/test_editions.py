@@ -14,6 +14,7 @@ import pytest
 book = pytest.importorskip("cdn.book.build")
 nbformat = pytest.importorskip("nbformat")
 
+from cdn.profiles import EXPERIMENT_SIZES
 from cdn.book import exercises
 from cdn.cli import main
 
@@ -214,7 +215,7 @@ def test_exercise_configs_apply_the_sizes_then_the_changes():
     # every profile trains its exercises at sizes of the table (a profile without its own: quick's)
     for profile in exercises.PROFILES:
         p = exercises.exercise_profile(profile)
-        assert p == profile if profile in exercises.SIZES else p == "quick"
+        assert p == profile if "exercises" in EXPERIMENT_SIZES[profile] else p == "quick"
         assert exercises.config(profile).profile == p
     with pytest.raises(ValueError, match="unknown configuration keys"):
         exercises.run("smoke", lamb=0.1)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..experiments.efficiency import EFFICIENCY_SETTINGS, race_file
-from ..profiles import PROFILE_SETTINGS, get_config
+from ..experiments.efficiency import race_file
+from ..profiles import PROFILE_SETTINGS, experiment_sizes, get_config, sizes_profile
 from ..committed import find_committed, results_root
 
 #: the profiles whose committed runs the ledger reads (smoke and paper runs are not committed for CIFAR-10)
@@ -184,7 +184,7 @@ def judge_efficiency(profile: str, results: Path) -> dict:
     """Accuracy at the end of equal wall-clock budgets (``cdn.experiments.efficiency.race``, committed curves) of the
     joint model against the best JEM run: supported when the joint model's is higher."""
 
-    if profile not in EFFICIENCY_SETTINGS:
+    if sizes_profile(profile, "efficiency") != profile:
         return _missing(f"the race has no settings for the {profile} profile (chapter 05 shows the quick race)")
     curves = {}
     for name in ("joint", "jem", "jem-nologenergy", "jem-nologenergy-lr1e-4"):
@@ -195,7 +195,7 @@ def judge_efficiency(profile: str, results: Path) -> dict:
         return _missing(f"no committed race of the joint model and JEM for the {profile} profile")
     final = {k: v["curve"][-1]["accuracy"] for k, v in curves.items()}
     best_jem = max((k for k in final if k != "joint"), key=final.get)
-    budget = EFFICIENCY_SETTINGS[profile]["budget_s"]
+    budget = experiment_sizes(profile, "efficiency")["budget_s"]
     return {"evidence": f"after {budget:.0f} s of training: {100 * final['joint']:.1f}% (joint, "
                         f"{curves['joint']['steps']} updates) against {100 * final[best_jem]:.1f}% (best JEM run, "
                         f"{best_jem}, {curves[best_jem]['steps']} updates)",

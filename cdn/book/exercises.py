@@ -1,7 +1,7 @@
 """Sizes of the book's coding exercises (the solutions run in every build of the book).
 
 A coding exercise that trains a model asks ``run(profile, model, data_dir=..., seed=..., **changes)``
-for it: the profile's configuration with the exercise sizes of ``SIZES`` on top, then the exercise's
+for it: the profile's configuration with the exercise sizes (``cdn.profiles.EXPERIMENT_SIZES``) on top, then the exercise's
 own changes (``lam=0.1``, ``sigma_distribution="uniform"`` ...), loaded or trained through
 ``cdn.book.chapter.chapter_runs`` like every model of the book. The sizes keep every solution small:
 
@@ -19,33 +19,25 @@ ask for the same configuration share one run, and a rebuild trains nothing.
 """
 from __future__ import annotations
 
-from ..profiles import PROFILES, Config, get_config
+from ..profiles import PROFILES, Config, experiment_sizes, get_config, sizes_profile
 from .chapter import chapter_runs
 
-#: the sizes of the coding exercises per profile, on top of the profile's configuration
-SIZES: dict[str, dict] = {
-    "smoke": {},
-    "quick": dict(width=8, steps=200, batch_size=64, train_size=10_000, test_size=500, warmup_steps=20,
-                  checkpoint_every=100, log_every=10),
-    "paper": dict(width=32, steps=2_000, batch_size=128, test_size=2_000, warmup_steps=100, checkpoint_every=500,
-                  log_every=20),
-}
 
 
 def exercise_profile(profile: str) -> str:
-    """The profile the exercises of a book built in ``profile`` train in: ``profile`` itself when
-    ``SIZES`` has sizes for it, else ``quick``. Raises ``ValueError`` for an unknown profile."""
+    """The profile the exercises of a book built in ``profile`` train in: ``profile`` itself when it has exercise
+    sizes of its own (``cdn.profiles.sizes_profile``), else ``quick``. Raises ``ValueError`` for an unknown profile."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
-    return profile if profile in SIZES else "quick"
+    return sizes_profile(profile, "exercises")
 
 
 def config(profile: str, model: str = "gradresnet", dataset: str = "cifar10", **changes) -> Config:
     """The configuration of an exercise: ``get_config(p, model, dataset)`` for ``p =
-    exercise_profile(profile)``, with the exercise sizes of ``p`` (``SIZES``) and then ``changes``
+    exercise_profile(profile)``, with the exercise sizes of ``p`` (``cdn.profiles.experiment_sizes``) and then ``changes``
     applied (any field of ``cdn.profiles.Config``)."""
     p = exercise_profile(profile)
-    return get_config(p, model, dataset, **{**SIZES[p], **changes})
+    return get_config(p, model, dataset, **{**experiment_sizes(p, "exercises"), **changes})
 
 
 def run(profile: str, model: str = "gradresnet", dataset: str = "cifar10", data_dir=None, seed: int = 0, **changes):
@@ -55,7 +47,7 @@ def run(profile: str, model: str = "gradresnet", dataset: str = "cifar10", data_
 
     config(profile, model, dataset, **changes)  # a bad profile, model or field fails here, before any data is read
     p = exercise_profile(profile)
-    return chapter_runs(p, [model], dataset, data_dir, seed, **{**SIZES[p], **changes})[model]
+    return chapter_runs(p, [model], dataset, data_dir, seed, **{**experiment_sizes(p, "exercises"), **changes})[model]
 
 
-__all__ = ["SIZES", "config", "exercise_profile", "run"]
+__all__ = ["config", "exercise_profile", "run"]

@@ -34,27 +34,6 @@ METHODS = ("pgd", "apgd", "square")
 LINF_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 L2_EPS = (0.0, 0.25, 0.5, 1.0)
 
-#: sizes per profile: test images attacked, PGD/APGD steps and restarts, noise draws per forward
-#: pass of the noise-averaged classifier (and the images it is attacked on), Square's queries
-SIZES: dict[str, dict] = {
-    "smoke": dict(n_images=16, steps=3, restarts=1, eot_sigma=0.12, eot_draws=2, eot_images=8,
-                  strong_steps=6, strong_restarts=2, square_queries=20, square_images=8, large_linf=64 / 255,
-                  large_l2=8.0, target_steps=5),
-    "quick": dict(n_images=200, steps=10, restarts=1, eot_sigma=0.12, eot_draws=4, eot_images=100,
-                  strong_steps=20, strong_restarts=2, square_queries=200, square_images=100,
-                  large_linf=64 / 255, large_l2=8.0, target_steps=40),
-    "paper": dict(n_images=1000, steps=50, restarts=2, eot_sigma=0.12, eot_draws=16, eot_images=500,
-                  strong_steps=200, strong_restarts=5, square_queries=5000, square_images=500,
-                  large_linf=64 / 255, large_l2=8.0, target_steps=100),
-}
-SIZES["cpu"] = dict(SIZES["quick"])  # the quick sizes, attacking the cpu profile's models
-
-
-def sizes(profile: str) -> dict:
-    """The attack sizes of ``profile`` (``SIZES``), as a new dict."""
-    if profile not in SIZES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(SIZES)}")
-    return dict(SIZES[profile])
 
 
 # ------------------------------------------------------------------------------- adapters --

@@ -25,22 +25,8 @@ from ..joint import JointModel, check_image
 ABSTAIN = -1
 #: the noise levels of the chapter (Cohen et al. use 0.12, 0.25, 0.5 on CIFAR-10 too)
 SIGMAS = (0.12, 0.25, 0.5)
-#: sizes per profile: certified test images, Monte-Carlo samples (selection n0, estimation n), alpha
-SIZES: dict[str, dict] = {
-    "smoke": dict(n_images=8, n0=8, n=32, alpha=0.001, batch_size=64),
-    "quick": dict(n_images=100, n0=50, n=500, alpha=0.001, batch_size=550),
-    "cpu": dict(n_images=100, n0=50, n=500, alpha=0.001, batch_size=550),  # quick's sizes, the cpu models
-    "paper": dict(n_images=500, n0=100, n=100_000, alpha=0.001, batch_size=1000),
-}
 
 BaseClassifier = Callable[[torch.Tensor], torch.Tensor]
-
-
-def sizes(profile: str) -> dict:
-    """The certification sizes of ``profile`` (``SIZES``), as a new dict."""
-    if profile not in SIZES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(SIZES)}")
-    return dict(SIZES[profile])
 
 
 def noisy_classifier(net: torch.nn.Module, sigma: float) -> BaseClassifier:

@@ -45,9 +45,6 @@ def photo(size: int, channels: int = 3, name: str = "astronaut") -> torch.Tensor
     return torch.from_numpy(np.clip(img, 0, 1).transpose(2, 0, 1).copy()).float()
 
 
-#: the classical references' comparison in chapter "Denoising": BM3D costs about a second of CPU per
-#: 32x32 colour image and noise level, so it runs on this many seeded random test images per profile
-CLASSICAL_IMAGES = {"smoke": 4, "quick": 48, "cpu": 100, "paper": 500}
 
 
 #: the noise levels of that comparison

@@ -58,14 +58,6 @@ NON_MONOTONE = {
     "snow": {(2, 3): "severities 2 and 3 trade more flakes for a higher threshold and larger flakes; their "
                      "strengths are within about 1% and their order depends on the images"},
 }
-#: sizes per profile: test images corrupted (the first ``holdout`` of them only choose the joint
-#: model's matched sigma), and the grid of added noise levels the matched sigma is chosen from
-SIZES = {
-    "smoke": dict(n_images=24, holdout=8, sigmas=(0.0, 0.1)),
-    "quick": dict(n_images=1000, holdout=200, sigmas=(0.0, 0.05, 0.1, 0.2, 0.3)),
-    "cpu": dict(n_images=1000, holdout=200, sigmas=(0.0, 0.05, 0.1, 0.2, 0.3)),  # quick's sizes
-    "paper": dict(n_images=10000, holdout=1000, sigmas=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4)),
-}
 
 
 def package_version() -> str:

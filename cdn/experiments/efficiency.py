@@ -28,19 +28,11 @@ from ..checkpoint import atomic_write_text
 from ..data import ImageDataset, epoch_permutation, fast_batch
 from ..joint import JointModel
 from ..losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss
-from ..profiles import CODE_VERSION, JOINT_ARCH, Config, get_config
+from ..profiles import CODE_VERSION, JOINT_ARCH, Config, experiment_sizes, get_config, sizes_profile
 from ..committed import results_root
 from ..runs import resolve_data, runs_root
 from ..train import default_device, make_loss, make_net, make_optimizer, set_cpu_threads, train_step
 from .jem import JEMTrainer
-
-#: per profile: network width, batch, time budget per model (s), evaluation interval (s of training),
-#: test images, JEM's SGLD steps, peak learning rate and warm-up steps (the same for both models)
-EFFICIENCY_SETTINGS: dict[str, dict] = {
-    "smoke": dict(width=4, batch_size=32, budget_s=3.0, eval_every_s=1.0, test_size=128, k=20, lr=1e-3, warmup_steps=5),
-    "quick": dict(width=16, batch_size=64, budget_s=240.0, eval_every_s=20.0, test_size=1000, k=20, lr=1e-3,
-                  warmup_steps=50),
-}
 
 
 class JointTrainer:
@@ -132,8 +124,9 @@ RACE_MODELS: dict[str, tuple[str, str, float | None]] = {
 
 
 def race_config(profile: str, seed: int = 0) -> Config:
-    """The joint model's configuration that the race of ``profile`` starts from (``EFFICIENCY_SETTINGS``)."""
-    s = EFFICIENCY_SETTINGS[profile]
+    """The joint model's configuration that the race of ``profile`` starts from (its "efficiency" sizes,
+    ``cdn.profiles.experiment_sizes``)."""
+    s = experiment_sizes(profile, "efficiency")
     return get_config(profile, "gradresnet", "cifar10", width=s["width"], batch_size=s["batch_size"],
                       test_size=s["test_size"], lr=s["lr"], warmup_steps=s["warmup_steps"], seed=seed)
 
@@ -145,26 +138,27 @@ def race_file(profile: str, name: str, seed: int = 0, device_type: str = "cpu", 
     ``results/efficiency/``."""
     kind, arch, lr = RACE_MODELS[name]
     config = config or race_config(profile, seed)
-    key = json.dumps({"settings": EFFICIENCY_SETTINGS[profile], "config": config.key(), "code_version": CODE_VERSION,
-                      "device": device_type, "model": [kind, arch] + ([lr] if lr is not None else [])}, sort_keys=True)
+    key = json.dumps({"settings": experiment_sizes(profile, "efficiency"), "config": config.key(),
+                      "code_version": CODE_VERSION, "device": device_type, "model": [kind, arch] + ([lr] if lr is not None else [])}, sort_keys=True)
     return runs_root() / "efficiency" / f"{profile}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
 
 
 def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refresh: bool = False,
          models=tuple(RACE_MODELS)) -> dict:
     """Accuracy against training time of the ``models`` of ``RACE_MODELS`` with the settings of
-    ``EFFICIENCY_SETTINGS[profile]``, each cached as JSON under ``runs_root()/efficiency/`` keyed by a
-    hash of its settings, or read from ``results/efficiency/`` when committed there (``refresh``
+    ``experiment_sizes(profile, "efficiency")``, each cached as JSON under ``runs_root()/efficiency/`` keyed
+    by a hash of its settings, or read from ``results/efficiency/`` when committed there (``refresh``
     recomputes). Returns ``{"settings", "data", "train_images",
     "test_images", "device", "threads", "torch", "models": {name: accuracy_vs_time result + "arch", "kind",
     "lr", "threads" and "device" it raced with, "committed"}}`` (``device`` and ``threads`` at the top level
     are this process's; a committed curve records its own)."""
-    if profile not in EFFICIENCY_SETTINGS:
-        raise ValueError(f"no efficiency settings for profile {profile!r}; expected one of {', '.join(EFFICIENCY_SETTINGS)}")
+    if sizes_profile(profile, "efficiency") != profile:
+        raise ValueError(f"no efficiency sizes for profile {profile!r} (cdn.profiles.EXPERIMENT_SIZES); race in "
+                         f"{sizes_profile(profile, 'efficiency')!r}, the profile whose sizes it falls back to")
     unknown = set(models) - set(RACE_MODELS)
     if unknown:
         raise ValueError(f"unknown models {sorted(unknown)}; expected some of {', '.join(RACE_MODELS)}")
-    s = EFFICIENCY_SETTINGS[profile]
+    s = experiment_sizes(profile, "efficiency")
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cpu":
         set_cpu_threads()
