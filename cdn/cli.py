@@ -376,7 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="[cdn] %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in (*EXPERIMENT_COMMANDS, "bench"):
+        # handed over whole: argparse's REMAINDER does not take arguments that start with "--"
+        args = argparse.Namespace(command=argv[0], rest=argv[1:],
+                                  func=cmd_bench if argv[0] == "bench" else cmd_experiment)
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

@@ -17,6 +17,30 @@ def test_every_command_has_help(capsys):
     assert "--dry-run" in out and "--sigma" in out and "--class" in out
 
 
+@pytest.mark.parametrize("command", ["joint-search", "variants", "short-budget", "sprint"])
+def test_the_experiment_commands_hand_every_argument_to_their_module(command, monkeypatch):
+    import importlib
+
+    from cdn.cli import EXPERIMENT_COMMANDS
+
+    module = importlib.import_module(f"cdn.experiments.{EXPERIMENT_COMMANDS[command][0]}")
+    seen = []
+    monkeypatch.setattr(module, "main", lambda argv: seen.append(argv) or 0)
+    args = ["--candidates", "a b", "--out", "x.json", "--set", "lam=3"]
+    assert main([command, *args]) == 0 and seen == [args]
+
+
+def test_every_experiment_command_has_help(capsys):
+    for cmd in ("joint-search", "variants", "short-budget", "sprint"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert f"cdn {cmd}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "joint-search" in capsys.readouterr().out
+
+
 def test_dry_run_prints_resolved_config(capsys, tmp_path):
     assert main(["train", "--profile", "smoke", "--model", "gradresnet", "--dataset", "synthetic", "--dry-run",
                  "--set", "lam=0.5", "--runs", str(tmp_path)]) == 0
