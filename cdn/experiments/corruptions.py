@@ -128,7 +128,7 @@ def corrupt_images(images: torch.Tensor, corruption: str, severity: int, seed: i
 class Benchmark:
     """Corrupted copies of ``n`` test images (``index`` into the test set): ``images[corruption]`` is
     uint8 (5, n, C, H, W), one slice per severity; ``seconds[corruption]`` what generating it cost
-    (when it was made, possibly in an earlier session)."""
+    (when it was made, possibly by an earlier process)."""
 
     clean: torch.Tensor
     labels: torch.Tensor

@@ -1,4 +1,4 @@
-"""Which joint model's own features denoise (issue "make the joint model joint", chapter 10).
+"""Which joint model's own features denoise (chapter 10, "GradResNet as a UNet").
 
 In the committed runs of the default head, ``f_c = <w_c, phi(y)> - (d/2) log mean(R(y)^2)``, all of the
 denoising comes from the class-independent log-energy of one 3x3 convolution ``R`` and the deep
