@@ -178,3 +178,44 @@ def test_accuracy_curve_never_rises_and_starts_at_clean_accuracy():
     assert acc == sorted(acc, reverse=True) and acc[-1] < 1.0
     for a, b in zip(rows, rows[1:]):  # robust at a larger eps implies robust at the smaller one
         assert all(rb <= ra for ra, rb in zip(a["robust"], b["robust"]))
+
+
+SMALL = dict(steps=2, restarts=1, eot_images=4, square_images=4, large_linf=1.0, large_l2=20.0, strong_steps=4,
+             strong_restarts=2, square_queries=10)
+
+
+def test_attack_curves_and_masking_checks_cover_every_model_norm_and_attack():
+    from cdn.experiments.attacks import CHECK_EPS, GRIDS, attack_curves, masking_checks, masking_verdicts
+
+    net = _tiny_net()
+    x, c = _images(n=6)
+    c = Classifier(net)(x).argmax(1)  # every image starts correct
+    classifiers = {"plain": Classifier(net)}
+    averaged = {"averaged": NoiseAveraged(net, 0.1, draws=2)}
+    curves = attack_curves(classifiers, averaged, x, c, SMALL, seed=0, grids={"Linf": (0.0, 2 / 255), "L2": (0.0, 0.25)})
+    assert set(curves) == {"plain", "averaged"} and set(curves["plain"]) == set(GRIDS)
+    assert curves["plain"]["Linf"][0]["accuracy"] == 1.0 and len(curves["averaged"]["L2"][0]["robust"]) == 4
+    checks = masking_checks(classifiers, averaged, x, c, SMALL, seed=0)
+    # a budget that covers the whole box turns every image into any other: nothing stays correct
+    assert checks["large"] == {"plain": {"Linf": 0.0, "L2": 0.0}, "averaged": {"Linf": 0.0, "L2": 0.0}}
+    rows = checks["strength"]
+    assert len(rows) == len(CHECK_EPS) * 5  # PGD and APGD, weak and strong, and Square, per norm
+    assert {(r["method"], r["steps"], r["restarts"]) for r in rows} == {
+        ("pgd", 2, 1), ("pgd", 4, 2), ("apgd", 2, 1), ("apgd", 4, 2), ("square", None, None)}
+    v = masking_verdicts(checks)
+    assert v["largest_at_large_budget"] == 0.0 and v["settings"] == 4 and v["cases"] == 2
+
+
+def test_masking_verdicts_find_a_rise_and_a_square_win():
+    from cdn.experiments.attacks import masking_verdicts
+
+    def row(method, steps, acc):
+        return dict(label="m", norm="Linf", eps=0.01, method=method, steps=steps, restarts=1, accuracy=acc)
+
+    checks = {"large": {"m": {"Linf": 0.1, "L2": 0.0}},
+              "strength": [row("pgd", 10, 0.5), row("pgd", 20, 0.6), row("apgd", 10, 0.4), row("apgd", 20, 0.4),
+                           row("square", None, 0.3)]}
+    v = masking_verdicts(checks)
+    assert v["largest_at_large_budget"] == 0.1
+    assert len(v["rises"]) == 1 and v["rises"][0][:3] == ("m", "Linf", "pgd") and abs(v["rises"][0][3] - 0.1) < 1e-12
+    assert v["square_wins"] == [("m", "Linf")] and v["mean_square"] == 0.3 and v["mean_best_white_box"] == 0.4

@@ -33,7 +33,9 @@ METHODS = ("pgd", "apgd", "square")
 #: the eps grids of the chapter's curves (pixels in [0, 1])
 LINF_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 L2_EPS = (0.0, 0.25, 0.5, 1.0)
-
+GRIDS = {"Linf": LINF_EPS, "L2": L2_EPS}
+#: the budgets of the checks against gradient masking (chapter "Robustness")
+CHECK_EPS = {"Linf": 2 / 255, "L2": 0.25}
 
 
 # ------------------------------------------------------------------------------- adapters --
@@ -180,6 +182,79 @@ def accuracy_curve(model: nn.Module, x: torch.Tensor, c: torch.Tensor, eps_list,
         rows.append(robust_accuracy(model, x, c, eps, norm, candidates=robust, **kwargs))
         robust = rows[-1]["robust"]
     return rows
+
+
+def attack_curves(classifiers: dict[str, nn.Module], averaged: dict[str, nn.Module], x: torch.Tensor,
+                  c: torch.Tensor, sizes: dict, seed: int = 0, grids: dict | None = None) -> dict:
+    """The chapter's curves: for every classifier, ``accuracy_curve`` over ``grids`` (default ``GRIDS``) under PGD then
+    APGD with ``sizes["steps"]`` steps and ``sizes["restarts"]`` restarts; for every noise-averaged classifier, APGD
+    alone on the first ``sizes["eot_images"]`` images. Returns ``{label: {norm: curve rows}}``."""
+    grids = GRIDS if grids is None else grids
+    out = {label: {norm: accuracy_curve(model, x, c, grid, norm, steps=sizes["steps"], restarts=sizes["restarts"],
+                                        seed=seed) for norm, grid in grids.items()}
+           for label, model in classifiers.items()}
+    n = sizes["eot_images"]
+    out.update({label: {norm: accuracy_curve(model, x[:n], c[:n], grid, norm, methods=("apgd",), steps=sizes["steps"],
+                                             seed=seed) for norm, grid in grids.items()}
+                for label, model in averaged.items()})
+    return out
+
+
+def masking_checks(classifiers: dict[str, nn.Module], averaged: dict[str, nn.Module], x: torch.Tensor,
+                   c: torch.Tensor, sizes: dict, seed: int = 0) -> dict:
+    """The three checks against gradient masking (Athalye et al. 2018; Carlini et al. 2019) on the first
+    ``sizes["square_images"]`` images: ``large``, ``{label: {norm: accuracy}}`` under APGD then PGD at the budgets
+    ``sizes["large_linf"]``, ``sizes["large_l2"]`` (every model, noise-averaged ones included: it must be 0);
+    ``strength``, a list of rows ``{label, norm, eps, method, steps, restarts, accuracy}`` for PGD and APGD with the
+    chapter's steps and with ``strong_steps`` x ``strong_restarts``, and ``method = "square"`` for Square with
+    ``square_queries`` queries, at ``CHECK_EPS`` (a stronger attack must not leave more images correct, Square must
+    not beat the white-box attacks)."""
+    n = sizes["square_images"]
+    xs, cs = x[:n], c[:n]
+    large = {label: {norm: robust_accuracy(model, xs, cs, sizes[f"large_{norm.lower()}"], norm, methods=("apgd", "pgd"),
+                                           steps=sizes["steps"], seed=seed)["accuracy"] for norm in NORMS}
+             for label, model in {**classifiers, **averaged}.items()}
+    strength = []
+    for label, model in classifiers.items():
+        for norm, eps in CHECK_EPS.items():
+            for method in ("pgd", "apgd"):
+                for steps, restarts in ((sizes["steps"], 1), (sizes["strong_steps"], sizes["strong_restarts"])):
+                    acc = robust_accuracy(model, xs, cs, eps, norm, methods=(method,), steps=steps, restarts=restarts,
+                                          seed=seed + 1)["accuracy"]
+                    strength.append(dict(label=label, norm=norm, eps=eps, method=method, steps=steps,
+                                         restarts=restarts, accuracy=acc))
+            acc = robust_accuracy(model, xs, cs, eps, norm, methods=("square",), n_queries=sizes["square_queries"],
+                                  seed=seed)["accuracy"]
+            strength.append(dict(label=label, norm=norm, eps=eps, method="square", steps=None, restarts=None,
+                                 accuracy=acc))
+    return {"large": large, "strength": strength}
+
+
+def masking_verdicts(checks: dict) -> dict:
+    """What ``masking_checks`` found: ``largest_at_large_budget`` (check 1 passes at 0); ``rises``, the settings
+    (label, norm, method) where the stronger run of an attack left more images correct than the weaker one, with the
+    rise, out of ``settings`` (check 2); ``square_wins``, the (label, norm) where Square's accuracy is below the best
+    white-box attack's, out of ``cases``, and the mean accuracy under each (check 3)."""
+    rows = checks["strength"]
+    by = {}
+    for r in rows:
+        by.setdefault((r["label"], r["norm"]), []).append(r)
+    rises, settings, square_wins, square, white = [], 0, [], [], []
+    for (label, norm), group in by.items():
+        for method in ("pgd", "apgd"):
+            runs = sorted((r for r in group if r["method"] == method), key=lambda r: (r["steps"], r["restarts"]))
+            settings += 1
+            if runs[-1]["accuracy"] > runs[0]["accuracy"]:
+                rises.append((label, norm, method, runs[-1]["accuracy"] - runs[0]["accuracy"]))
+        best = min(r["accuracy"] for r in group if r["method"] != "square")
+        sq = next(r["accuracy"] for r in group if r["method"] == "square")
+        square.append(sq)
+        white.append(best)
+        if sq < best:
+            square_wins.append((label, norm))
+    return {"largest_at_large_budget": max(v for accs in checks["large"].values() for v in accs.values()),
+            "rises": rises, "settings": settings, "square_wins": square_wins, "cases": len(by),
+            "mean_square": sum(square) / len(square), "mean_best_white_box": sum(white) / len(white)}
 
 
 # --------------------------------------------------------------- difference of denoisers --
