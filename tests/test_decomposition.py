@@ -192,3 +192,26 @@ def test_the_stem_energy_ablation_is_the_stage1_energy_when_the_blocks_add_nothi
     y = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(stem_energy_denoiser(model.net)(y, 0.1, None), model.denoise(y, 0.1),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_search_comparisons_pair_each_candidate_with_its_own_width():
+    from cdn.experiments import joint_search as js
+
+    def row(name, model, acc, width=None, psnr=25.0):
+        den = [{"sigma": s, "D(y)": psnr + s, "noisy": 20.0, "stem energy alone": 21.0, "D(y,c)": psnr,
+                "D(y,wrong c)": psnr} for s in js.SIGMAS]
+        return {"candidate": name, "model": model, "clean_accuracy": acc, "denoising": den,
+                "overrides": {} if width is None else {"width": width}, "grad_ce": 2.0, "grad_dsm": 1.0, "epochs": 3.0}
+
+    results = {"rows": [row(js.SHORTCUT, "gradresnet-logenergy", 0.60, psnr=26.0),
+                        row("ce16", js.NOISY_CE, 0.58), row("ce32", js.NOISY_CE, 0.66, width=32),
+                        row("joint16", "gradresnet-stage1energy", 0.55),
+                        row("joint32", "gradresnet-stage1energy", 0.64, width=32, psnr=27.0)]}
+    out = {c["candidate"]: c for c in js.search_comparisons(results)}
+    assert set(out) == {"joint16", "joint32"}  # neither the shortcut nor the cross-entropy baselines
+    assert out["joint16"]["accuracy_vs_noisy_ce"] == pytest.approx(-3.0)
+    assert out["joint32"]["accuracy_vs_noisy_ce"] == pytest.approx(-2.0) and out["joint32"]["width"] == 32
+    assert out["joint32"]["accuracy_vs_shortcut"] == pytest.approx(4.0)
+    assert out["joint32"]["psnr_vs_shortcut"] == {s: pytest.approx(1.0) for s in js.SIGMAS}
+    assert out["joint16"]["stem_gain_0.1"] == pytest.approx(1.0) and out["joint16"]["grad_ratio"] == 2.0
+    assert js.table(results).loc["joint32", "width"] == 32

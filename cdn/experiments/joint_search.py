@@ -142,6 +142,51 @@ def choose(rows: list[dict]) -> str | None:
     return max(close, key=lambda r: {d["sigma"]: d for d in r["denoising"]}[0.1]["D(y)"])["candidate"]
 
 
+#: the first default, whose denoiser is one convolution of y: what every candidate is compared with
+SHORTCUT = "default (3x3 log-energy)"
+#: the model of the noise-augmentation baseline (cross-entropy alone on the joint model's noisy images)
+NOISY_CE = "gradresnet-ce-noisy"
+
+
+def width_of(row: dict) -> int:
+    """The network width a row was trained at (its ``overrides``; the quick and cpu profiles' 16 otherwise)."""
+    return int(row.get("overrides", {}).get("width", 16))
+
+
+def noisy_ce_reference(row: dict, rows: list[dict]) -> dict | None:
+    """The row of ``rows`` that trained the same network width on cross-entropy alone on the joint model's noisy
+    images (``NOISY_CE``): the baseline that separates what score matching adds from noise augmentation."""
+    return next((r for r in rows if r["model"] == NOISY_CE and width_of(r) == width_of(row)), None)
+
+
+def search_comparisons(results: dict) -> list[dict]:
+    """Per joint candidate of ``results`` other than the shortcut (``SHORTCUT``): ``candidate``, ``width``,
+    ``accuracy_vs_shortcut`` and ``accuracy_vs_noisy_ce`` (differences of clean accuracy, in points, the second
+    against ``noisy_ce_reference``; None when absent), ``psnr_vs_shortcut`` ({sigma: dB of D(y) minus the
+    shortcut's}), ``stem_gain_0.1`` (dB of the stem's energy alone over the noisy input at sigma = 0.1, for
+    feature-map energies) and ``grad_ratio`` (``|grad CE| / |grad lam DSM|`` at the last logged step)."""
+    rows = results.get("rows", [])
+    by_name = {r["candidate"]: r for r in rows}
+    base = by_name.get(SHORTCUT)
+    base_den = {d["sigma"]: d for d in base["denoising"]} if base else {}
+    out = []
+    for r in rows:
+        if r is base or r["model"] == NOISY_CE or r.get("clean_accuracy") is None:
+            continue
+        den = {d["sigma"]: d for d in r.get("denoising", [])}
+        ref = noisy_ce_reference(r, rows)
+        out.append({
+            "candidate": r["candidate"], "width": width_of(r),
+            "accuracy_vs_shortcut": 100 * (r["clean_accuracy"] - base["clean_accuracy"]) if base else None,
+            "accuracy_vs_noisy_ce": 100 * (r["clean_accuracy"] - ref["clean_accuracy"]) if ref else None,
+            "psnr_vs_shortcut": {s: den[s]["D(y)"] - base_den[s]["D(y)"] for s in SIGMAS if s in den and s in base_den},
+            "stem_gain_0.1": (den[0.1]["stem energy alone"] - den[0.1]["noisy"]
+                              if 0.1 in den and "stem energy alone" in den[0.1] else None),
+            "grad_ratio": r["grad_ce"] / r["grad_dsm"] if r.get("grad_ce") and r.get("grad_dsm") else None,
+        })
+    return out
+
+
 #: the committed search (chapter 10)
 RESULTS_FILE = "joint-search.json"
 
@@ -162,7 +207,8 @@ def table(results: dict):
     for r in results.get("rows", []):
         den = {d["sigma"]: d for d in r.get("denoising", [])}
         full = {d["sigma"]: d for d in r.get("denoising_full_test") or []}
-        row = {"clean acc.": r.get("clean_accuracy"), "acc. σ=0.2": r.get("accuracy_sigma_0.2"), "epochs": r["epochs"]}
+        row = {"width": width_of(r), "clean acc.": r.get("clean_accuracy"), "acc. σ=0.2": r.get("accuracy_sigma_0.2"),
+               "epochs": r["epochs"]}
         for s in SIGMAS:
             row[f"D(y) σ={s:g}"] = full[s]["D(y)"] if s in full else den[s]["D(y)"] if s in den else None
         mid = den.get(0.1, {})
