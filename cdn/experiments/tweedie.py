@@ -10,6 +10,7 @@ from torch import nn
 from ..joint import JointModel
 from ..losses import JointLoss, SigmaSampler, add_noise
 from ..mixture import GaussianMixture, MixtureLogits
+from ..train import train_step
 
 # ---------------------------------------------------------------------- Tweedie on a mixture --
 
@@ -68,7 +69,7 @@ def train_mixture_model(mixture: GaussianMixture, steps: int = 2000, batch_size:
                         lam: float = 1.0) -> tuple[JointModel, list[dict]]:
     """Train a ``MixtureMLP`` joint model on fresh samples of ``mixture`` with ``JointLoss``
     (cross-entropy plus denoising score matching, sigma log-uniform on [sigma_min, sigma_max]), Adam
-    with a cosine schedule, float32. Returns the model (eval mode) and the loss log (every 10 steps)."""
+    with a cosine schedule, float32, each step ``cdn.train.train_step``. Returns the model (eval mode) and the loss log (every 10 steps)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     net = MixtureMLP(mixture.num_classes, mixture.dim, width)
@@ -79,10 +80,7 @@ def train_mixture_model(mixture: GaussianMixture, steps: int = 2000, batch_size:
     log = []
     for step in range(steps):
         x, c = mixture.sample(batch_size, g)
-        loss, terms = loss_fn(model, x.float(), c, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, terms = train_step(model, loss_fn, opt, x.float(), c, g)
         sched.step()
         if step % 10 == 0 or step == steps - 1:
             log.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}})
