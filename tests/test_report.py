@@ -98,3 +98,24 @@ def test_the_provenance_box_names_the_data_by_file_and_checksum_not_by_path(tmp_
     assert provenance.described_data("x (/elsewhere/gone.tar.gz)") == "x (gone.tar.gz)"
     assert provenance.described_data("scikit-learn digits (load_digits)") == "scikit-learn digits (load_digits)"
     provenance._data_file_sha256.cache_clear()
+
+
+def test_the_benchmark_and_roofline_tables_read_the_benchmark_files():
+    import json
+
+    from cdn.book import tables
+    from cdn.data import REPO_ROOT
+
+    bench = json.loads((REPO_ROOT / "results" / "bench-cpu-2core.json").read_text())
+    t = tables.benchmark_table(bench)
+    assert len(t) == len(bench["rows"]) and "÷ CE GradResNet step" in t.columns
+    assert str(bench["threads"]) in tables.benchmark_caption(bench)
+    for path in sorted((REPO_ROOT / "results").glob("bench-roofline-*.json")):
+        roof = json.loads(path.read_text())
+        rt = tables.roofline_table(roof)
+        assert "matmul-float32" not in rt.index and "gradresnet-joint" in rt.index
+        q = tables.roofline_ratios(roof)
+        t_ref = {r["case"]: r["seconds_per_step"] for r in roof["rows"]}
+        assert q["speedup"] == roof["summary"]["joint_reference_over_joint"]
+        assert abs(q["speedup"] - t_ref["gradresnet-joint-reference"] / t_ref["gradresnet-joint"]) < 1e-9
+        assert q["float32_ceiling"] >= 1.0

@@ -114,3 +114,70 @@ def headline_rows(runs: dict[str, ModelRun], dataset: str, sigma: float = 0.1) -
             "data": r.data.source,
         })
     return out
+
+
+#: number formats of the ``benchmark_table`` columns
+BENCHMARK_FORMAT = {"ms per step": "{:.1f}", "images/s": "{:.0f}", "peak memory (MiB)": "{:.0f}",
+                    "÷ CE GradResNet step": "{:.2f}"}
+
+
+def benchmark_table(result: dict):
+    """The rows of a ``python -m benchmarks`` JSON as a table: time per step (ms), images/s, peak memory,
+    the time over the cross-entropy GradResNet step, threads, and the start of an error where a case failed."""
+    import pandas as pd
+
+    rows = [{"case": r["case"], "ms per step": None if r["seconds_per_step"] is None else 1000 * r["seconds_per_step"],
+             "images/s": r["images_per_s"], "peak memory (MiB)": r["peak_memory_mib"],
+             "÷ CE GradResNet step": r["time_ratio_to_gradresnet_ce"], "threads": r.get("threads"),
+             "note": r.get("error", "")[:60]} for r in result["rows"]]
+    return pd.DataFrame(rows).set_index("case")
+
+
+def benchmark_caption(result: dict) -> str:
+    """Where and how a ``python -m benchmarks`` JSON was measured, in one line."""
+    return (f"{result['device']} ({result['cpu']}), torch {result['torch']}, {result['threads']} threads by default, "
+            f"width {result['width']}, batch {result['batch']}, {result['size']}x{result['size']} images, median of "
+            f"{result['reps']}")
+
+
+#: number formats of the ``roofline_table`` columns
+ROOFLINE_FORMAT = {"GFLOP per step": "{:.1f}", "ms per step": "{:.0f}", "images/s": "{:.0f}", "GFLOP/s": "{:.0f}",
+                   "fraction of peak": "{:.1%}"}
+
+
+def roofline_table(roof: dict):
+    """The training steps of a ``python -m benchmarks --roofline`` JSON (the matrix products left out): precision,
+    second derivatives, GFLOP per step, ms per step, images/s, GFLOP/s and the fraction of the float32 or bf16
+    peak (the FLOPs per second over those of a 2048 x 2048 matrix product of the same run)."""
+    import pandas as pd
+
+    frac = roof["summary"]["fraction_of_peak"]
+    rows = [{"case": r["case"], "precision": r["precision"], "second derivatives": r["second_order"],
+             "GFLOP per step": r["gflop_per_step"], "ms per step": 1000 * r["seconds_per_step"],
+             "images/s": r["images_per_s"], "GFLOP/s": r["gflops"], "fraction of peak": frac[r["case"]]}
+            for r in roof["rows"] if r["objective"] != "matmul"]
+    return pd.DataFrame(rows).set_index("case")
+
+
+def roofline_caption(roof: dict) -> str:
+    """Where a roofline was measured, and the peaks it is read against."""
+    peak = roof["summary"]["peak_gflops"]
+    return (f"{roof['machine']}, torch {roof['torch']}, commit {roof['commit']}, width {roof['width']}, batch "
+            f"{roof['batch']}, median of {roof['reps']}; peak (matrix product): {peak['float32']:.0f} GFLOP/s float32, "
+            f"{peak['bfloat16']:.0f} GFLOP/s bf16")
+
+
+def roofline_ratios(roof: dict) -> dict[str, float]:
+    """The ratios a roofline is read by: float32 autograd over the step ``cdn train`` runs
+    (``speedup``), that step over the cross-entropy step (``joint_over_ce``), the float32 ceiling ``1 / (float32
+    autograd's fraction of peak)`` (no float32 step can be faster than autograd by more), and, where measured,
+    float32 autograd over the closed forms of the norms only (``speedup_norms_only``) and over all closed forms
+    in float32 (``speedup_float32``)."""
+    rs = roof["summary"]
+    t = {r["case"]: r["seconds_per_step"] for r in roof["rows"]}
+    out = {"speedup": rs["joint_reference_over_joint"], "joint_over_ce": rs["joint_over_ce"],
+           "float32_ceiling": 1 / rs["fraction_of_peak"]["gradresnet-joint-reference"]}
+    if "gradresnet-joint-float32-norms-only" in t:
+        out["speedup_norms_only"] = t["gradresnet-joint-reference"] / t["gradresnet-joint-float32-norms-only"]
+        out["speedup_float32"] = t["gradresnet-joint-reference"] / t["gradresnet-joint-float32"]
+    return out
