@@ -508,3 +508,10 @@ def test_a_failing_chapter_in_a_worker_comes_back_as_the_same_error(monkeypatch,
     assert str(err) == "chapter '01_beta' failed in cell 3" and err.notebook == tmp_path / "x.failed.ipynb"
     with pytest.raises(ValueError, match="jobs"):
         book.build_book("smoke", build_dir=tmp_path, jobs=0)
+
+
+def test_the_fingerprint_covers_every_module_chapters_run_and_not_the_build():
+    names = {f.relative_to(book.REPO_ROOT / "cdn").as_posix() for f in book.fingerprinted_files()}
+    assert {"joint.py", "train.py", "nets/resnet.py", "experiments/attacks.py", "book/chapter.py"} <= names
+    assert not names & {"book/build.py", "cli.py", "__main__.py"}
+    assert len(book.package_fingerprint()) == 16

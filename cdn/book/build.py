@@ -151,13 +151,20 @@ def _sha256_bytes(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
+def fingerprinted_files() -> list[Path]:
+    """The modules of ``cdn`` whose source ``package_fingerprint`` hashes: all of them, in every subpackage,
+    but the build machinery (``book/build.py``, ``cli.py``, ``__main__.py``)."""
+    pkg = Path(__file__).resolve().parents[1]
+    skip = {"book/build.py", "cli.py", "__main__.py"}
+    return sorted(f for f in pkg.rglob("*.py") if f.relative_to(pkg).as_posix() not in skip)
+
+
 def package_fingerprint() -> str:
     """A hash of the source of the ``cdn`` package that chapters run (every module but the build
-    machinery itself: book.py, cli.py, __main__.py): an executed chapter made with other package code
+    machinery itself: book/build.py, cli.py, __main__.py): an executed chapter made with other package code
     is stale."""
-    pkg = Path(__file__).resolve().parent
-    skip = {"book.py", "cli.py", "__main__.py"}
-    files = sorted(f for f in pkg.rglob("*.py") if not (f.parent == pkg and f.name in skip))
+    pkg = Path(__file__).resolve().parents[1]
+    files = fingerprinted_files()
     return _sha256_bytes(*(f.relative_to(pkg).as_posix().encode() + f.read_bytes() for f in files))[:16]
 
 
