@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write_text
-from ..data import REPO_ROOT, ImageDataset, cache_dir
+from ..data import ImageDataset, cache_dir
 from ..profiles import PROFILE_SETTINGS, PROFILES, get_config, model_label, runs_profile
 from ..provenance import described_data, device_description, git_commit, portable_source
 from ..committed import find_committed, results_root
@@ -208,8 +208,9 @@ def committed_results(results_dir: str | Path | None = None) -> list[Path]:
     """The GPU result files (``*.json``, ``*.csv``) committed under ``results/paper-*/`` (one folder
     per paper-profile run, chapter "Results"), sorted; an empty list when there are none. The CPU
     benchmark files directly under ``results/`` belong to chapter "Efficiency" and are not listed. Of a
-    committed run (a folder with ``manifest.json``, ``cdn.runs.export_run``) only ``metrics.json`` is."""
-    root = Path(results_dir) if results_dir is not None else REPO_ROOT / "results"
+    committed run (a folder with ``manifest.json``, ``cdn.runs.export_run``) only ``metrics.json`` is. The results
+    folder is ``results_dir``, else ``$CDN_RESULTS``, else ``results/`` (``cdn.committed.results_root``)."""
+    root = results_root(results_dir)
     if not root.is_dir():
         return []
     return sorted(p for d in root.glob("paper-*") if d.is_dir() for p in d.rglob("*")
