@@ -215,3 +215,17 @@ def test_search_comparisons_pair_each_candidate_with_its_own_width():
     assert out["joint32"]["psnr_vs_shortcut"] == {s: pytest.approx(1.0) for s in js.SIGMAS}
     assert out["joint16"]["stem_gain_0.1"] == pytest.approx(1.0) and out["joint16"]["grad_ratio"] == 2.0
     assert js.table(results).loc["joint32", "width"] == 32
+
+
+def test_the_amended_rule_chooses_among_candidates_of_the_profiles_width():
+    from cdn.experiments import joint_search as js
+
+    def row(name, acc, psnr, width=None):
+        den = [{"sigma": s, "D(y)": psnr, "noisy": 20.0} for s in js.SIGMAS]
+        return {"candidate": name, "model": "gradresnet-stage1energy", "clean_accuracy": acc, "denoising": den,
+                "network_psnr_0.1": psnr, "overrides": {} if width is None else {"width": width}}
+
+    rows = [row("narrow", 0.567, 26.0), row("wide", 0.558, 27.1, width=32)]
+    assert js.choose(rows) == "wide"  # within one point of accuracy, the better denoiser
+    assert js.choose(rows, width=js.DEFAULT_WIDTH) == "narrow"
+    assert js.choose(rows, width=64) is None
