@@ -361,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--readme", action="store_true", help="rewrite the ledger in README.md instead of printing it")
     cl.set_defaults(func=cmd_claims)
 
+    # bench and the experiment commands are listed here for --help; main() hands their arguments over itself
     be = sub.add_parser("bench", help="speed and memory benchmarks (see benchmarks/)")
     be.add_argument("rest", nargs=argparse.REMAINDER, help="arguments passed to the benchmarks")
     be.set_defaults(func=cmd_bench)

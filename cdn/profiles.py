@@ -280,8 +280,6 @@ def model_label(model: str) -> str:
     return MODEL_LABELS.get(model, model)
 
 
-
-
 #: the sizes of every measured experiment, per profile and experiment. One rule for a profile without sizes of its
 #: own for an experiment (a ``cpu`` build, whose models train for half an hour each): it runs the experiment with
 #: quick's sizes, on its own models (``experiment_sizes``). Per experiment:

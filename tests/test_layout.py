@@ -8,8 +8,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cdn"
 #: a higher number may import a lower one, never the reverse
@@ -139,7 +137,3 @@ def test_the_readme_layout_names_every_module():
     stale = [n for n in listed if not list(PACKAGE.rglob(f"{n}.py"))]
     assert not stale, f"the README's layout names modules that do not exist: {stale}"
 
-
-@pytest.mark.parametrize("module", ["cdn.joint", "cdn.train", "cdn.runs", "cdn.provenance", "cdn.profiles"])
-def test_the_core_modules_stay_in_the_core(module):
-    assert layer(module) == "core" and module in import_graph()

@@ -1,4 +1,5 @@
-"""Exact checks of the theory chapters (cdn.experiments: tweedie, jacobian, generative_discriminative): Tweedie-Miyasawa on a Gaussian mixture, the
+"""Exact checks of the theory chapters (cdn.experiments.tweedie, .jacobian, .generative_discriminative):
+Tweedie-Miyasawa on a Gaussian mixture, the
 Jacobian of the denoiser (symmetry, finite differences, homogeneity of the bias-free UNet), and the
 generative and discriminative estimators converging to the true logistic parameters."""
 import numpy as np
