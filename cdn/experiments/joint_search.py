@@ -242,14 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     found = json.loads(a.out.read_text()) if a.out.is_file() else {}
     rows = {r["candidate"]: r for r in found.get("rows", [])}
+    # the commit of the code that trains, read before training: a commit made while it runs is not its code
+    commit, machine = git_commit(), device_description(torch.device("cpu"))
     for name in a.candidates:
         profile, budget = BUDGETS[a.budget]
         rows[name] = measure(name, a.data_dir, profile=profile, budget=budget)
         rows[name]["command"] = "python -m cdn joint-search " + " ".join(argv or sys.argv[1:])
-        rows[name]["commit"] = git_commit()
-        rows[name]["machine"] = device_description(torch.device("cpu"))  # rows of one file may come from several
+        rows[name]["commit"] = commit
+        rows[name]["machine"] = machine  # rows of one file may come from several machines
         out = {"meta": {"command": "python -m cdn joint-search " + " ".join(argv or sys.argv[1:]),
-                        "commit": git_commit(), "machine": device_description(torch.device("cpu")),
+                        "commit": commit, "machine": machine,
                         "torch": torch.__version__, "data": data_record("cifar10", a.data_dir), "budget": {"name": a.budget, "profile": profile, **budget},
                         "rule": __doc__.split("\n\n")[2].replace("\n", " ")},
                "rows": list(rows.values())}

@@ -241,12 +241,13 @@ def compare(candidates, datasets, precisions, out: str | Path, data_dir=None, co
     """Probe every (dataset, candidate, precision) and write each row to ``out`` as soon as it exists
     (an interrupted comparison keeps what it measured; a rerun reuses the trained runs)."""
     results = load_results(out)
+    commit = git_commit()  # read before training: a commit made while it runs is not its code
     for dataset in datasets:
         results["meta"].setdefault("data", {})[dataset] = data_record(dataset, data_dir)
         for arch, cond in candidates:
             for precision in precisions:
                 row = probe(arch, dataset, precision, cond, data_dir, **overrides)
-                row["commit"], row["command"] = git_commit(), command
+                row["commit"], row["command"] = commit, command
                 name = entry_name(arch, cond, row["objective"]) + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())
                                                                          if k != "objective")
                 results = load_results(out)  # another process may have added rows meanwhile
