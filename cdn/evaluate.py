@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import distributed
 from .data import ImageDataset
 from .joint import JointModel, upcast
+from .nets.resnet import FEATURE_ENERGY_HEADS
 
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 DENOISE_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.4)
@@ -126,6 +127,7 @@ def decomposed_denoisers(model: JointModel, num_classes: int) -> dict[str, Denoi
     out = {"D(y)": lambda y, s, c: model.denoise(y, s), "energy alone": _part_denoiser(model, "energy"),
            "features alone": _part_denoiser(model, "features")}
     net = model.net
+    # the stem is the part of h_1 that skips every block; h_4's skips pass strided convolutions too
     if getattr(net, "head", None) in ("stage1energy", "stagesenergy") and getattr(net, "block", None) == "preact":
         out["stem energy alone"] = stem_energy_denoiser(net)
     out.update({k: v for k, v in joint_denoisers(model, num_classes).items() if k != "D(y)"})

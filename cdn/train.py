@@ -30,6 +30,7 @@ from .joint import JointModel
 from .losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
 from .mollify import MollifyLoss
 from .nets import VARIANTS, build_net, second_order
+from .nets.resnet import FEATURE_ENERGY_HEADS
 from .nets.second_order import second_order_layers, use_second_order
 from .profiles import Config
 from .provenance import device_description, git_commit
@@ -139,15 +140,13 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
             or (AVX512_BF16_FLAG in flags and vendor in FAST_AVX512_BF16_VENDORS))
 
 
-#: heads whose class-independent energy is computed from the network's feature maps: under bf16 autocast
-#: their score is 1-3% off float32's (cdn.experiments.joint_search), so ``precision='auto'`` trains them in float32
-FEATURE_ENERGY_HEADS = ("stage1energy", "stagesenergy")
 
 
 def autocast_bf16(config: Config, device: torch.device) -> bool:
     """Whether the training step runs under bf16 autocast: ``config.precision`` 'bf16' (or 'bf16-all'),
     or 'auto' on a GPU or on a CPU with a bf16 unit (``cpu_has_fast_bf16``) unless the architecture's
-    head is one of ``FEATURE_ENERGY_HEADS`` (the default joint model's); float32 elsewhere. The
+    head is one of ``FEATURE_ENERGY_HEADS`` (the default joint model's: under bf16 autocast the score of an
+    energy built from feature maps is 1-3% off float32's, ``cdn.experiments.joint_search``); float32 elsewhere. The
     network's score path (input layer, energy, head) stays float32 under autocast (chapter 10 measures
     that this keeps the score right); ``state.json`` records the precision a run trained in."""
     if config.precision in ("bf16", "bf16-all"):

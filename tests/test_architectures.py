@@ -52,13 +52,13 @@ def test_each_head_is_its_formula(arch):
         f = lin - d / 2 * torch.log(r.pow(2).flatten(1).mean(1) + 1e-8)[:, None]
     elif head == "quadratic":
         f = lin - net.log_s.exp() * phi.pow(2).mean(1, keepdim=True) / 2
-    elif head in ("stage1energy", "stagesenergy"):  # each stage's output map, caught at its last block
+    elif head in ("stage1energy", "stagesenergy", "stage4energy"):  # each stage's output map, caught at its last block
         maps = []
         hooks = [stage[-1].register_forward_hook(lambda m, i, o: maps.append(o)) for stage in net.stages]
         net(y)
         for h in hooks:
             h.remove()
-        used = maps[:1] if head == "stage1energy" else maps
+        used = {"stage1energy": maps[:1], "stagesenergy": maps, "stage4energy": maps[3:]}[head]
         logs = sum(torch.log(h.pow(2).flatten(1).mean(1) + 1e-8) for h in used) / len(used)
         f = lin - d / 2 * logs[:, None]
     else:

@@ -37,6 +37,7 @@ import torch
 
 from ..checkpoint import atomic_write_text
 from ..evaluate import decomposed_denoisers, psnr_vs_sigma, score_part_sizes
+from ..nets.resnet import FEATURE_ENERGY_HEADS
 from ..profiles import get_config
 from ..provenance import data_record, device_description, git_commit
 from ..runs import get_or_train, resolve_data
@@ -75,6 +76,7 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "stage-1 log-energy, lam 10, width 32": ("gradresnet-stage1energy", {"lam": 10.0, "width": 32}),
     "stage-1 log-energy, lam 10, noise-conditioned": ("gradresnet-cond", {"lam": 10.0}),
     "cross-entropy on the same noisy images, width 32": ("gradresnet-ce-noisy", {"width": 32}),
+    "last-stage log-energy": ("gradresnet-stage4energy", {}),
     # references for the confirmation budget
     "cross-entropy on clean images": ("gradresnet-ce", {}),
     "UNet (denoising only)": ("unet", {}),
@@ -82,7 +84,8 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
 }
 #: where each head's class-independent energy is computed (which part of the score passes through the network)
 ENERGY_SOURCE = {"logenergy": "one 3x3 convolution of y", "stage1energy": "the network's stage-1 feature map",
-                 "stagesenergy": "the network's four stage feature maps", "quadratic": "the pooled features",
+                 "stagesenergy": "the network's four stage feature maps",
+                 "stage4energy": "the network's last-stage feature map (the one the read-out pools)", "quadratic": "the pooled features",
                  "logquad": "the pooled features", "linear": None}
 SIGMAS = (0.05, 0.1, 0.2)
 DENOISE_IMAGES = 500
@@ -125,7 +128,7 @@ def measure(name: str, data_dir=None, device: str = "cpu", profile: str = "quick
         denoisers = decomposed_denoisers(run.model, data.test.num_classes)
         row["denoising"] = psnr_vs_sigma(denoisers, sub, SIGMAS, device=device)
         row["score_sizes"] = score_part_sizes(run.model, sub, SIGMAS, device=device)
-        through = "D(y)" if head in ("stage1energy", "stagesenergy") else "features alone"
+        through = "D(y)" if head in FEATURE_ENERGY_HEADS else "features alone"
         row.update({f"network_psnr_{r['sigma']}": r[through] for r in row["denoising"]})
     return row
 

@@ -57,6 +57,8 @@ VARIANTS["gradresnet-nologenergy"] = dict(VARIANTS["gradresnet"], head="linear")
 # its gradient (the denoiser's 1/sigma^2 scale) passes through the classifier's features
 VARIANTS["gradresnet-stage1energy"] = dict(VARIANTS["gradresnet"], head="stage1energy")
 VARIANTS["gradresnet-stagesenergy"] = dict(VARIANTS["gradresnet"], head="stagesenergy")
+# ... and from the last stage's map, the one the class read-out pools: the energy and the logits share features
+VARIANTS["gradresnet-stage4energy"] = dict(VARIANTS["gradresnet"], head="stage4energy")
 
 
 class GradResNet(ResNet):

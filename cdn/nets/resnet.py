@@ -203,7 +203,9 @@ class PostActBlock(nn.Module):
 
 BLOCKS = {"basic": BasicBlock, "preact": PreActBlock, "postact": PostActBlock}
 SIDES = ("none", "sum", "concat")
-HEADS = ("linear", "logenergy", "quadratic", "logquad", "stage1energy", "stagesenergy")
+HEADS = ("linear", "logenergy", "quadratic", "logquad", "stage1energy", "stagesenergy", "stage4energy")
+#: the heads whose class-independent energy is computed from the network's own stage feature maps, and which maps
+FEATURE_ENERGY_HEADS = {"stage1energy": slice(0, 1), "stagesenergy": slice(0, 4), "stage4energy": slice(3, 4)}
 
 
 def full_precision(t: torch.Tensor):
@@ -233,6 +235,8 @@ class ResNet(nn.Module):
       ``'stage1energy'`` ``f_c = <w_c, phi> - (d/2) log mean(h_1(y)^2)``, ``h_1`` the first stage's output
       feature map (full resolution): the log-energy built from the classifier's own spatial features;
       ``'stagesenergy'`` ``f_c = <w_c, phi> - (d/2) (1/4) sum_s log mean(h_s(y)^2)`` over the four stages;
+      ``'stage4energy'`` ``f_c = <w_c, phi> - (d/2) log mean(h_4(y)^2)``, ``h_4`` the last stage's map, the one
+      the class read-out pools;
     * ``noise_conditioning``: the norm gains depend on ``log sigma``.
 
     ``True``/``False`` for ``side_connections`` mean ``'sum'``/``'none'``. Under bf16 autocast the stem,
@@ -343,8 +347,8 @@ class ResNet(nn.Module):
             parts = {"features": self.fc(phi)}
         if self.head == "logenergy":
             parts["energy"] = self.log_energy(y)
-        elif self.head in ("stage1energy", "stagesenergy"):
-            used = maps[:1] if self.head == "stage1energy" else maps
+        elif self.head in FEATURE_ENERGY_HEADS:
+            used = maps[FEATURE_ENERGY_HEADS[self.head]]
             logs = [torch.log(upcast(h).pow(2).flatten(1).mean(1) + 1e-8) for h in used]
             parts["energy"] = -0.5 * y[0].numel() * sum(logs) / len(logs)
         elif self.head == "quadratic":
