@@ -19,15 +19,16 @@ _PAREN = re.compile(r"\(([^()]*)\)")
 
 def git_commit(repo: str | Path | None = None) -> str:
     """The short commit hash of the repository, followed by ``uncommitted`` when the work tree has
-    changes (tracked or untracked, ignored files excepted); ``unknown (...)`` outside a git checkout."""
+    changes (tracked or untracked, ignored files excepted) outside ``results/`` (what runs write, not the code
+    that ran); ``unknown (...)`` outside a git checkout."""
     repo = Path(repo) if repo is not None else REPO_ROOT
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=10)
         if head.returncode != 0:
             return "unknown (not a git checkout)"
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=30)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", ".", ":(exclude)results"],
+                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown (git not available)"
     commit = head.stdout.strip()
