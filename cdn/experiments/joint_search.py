@@ -81,6 +81,12 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "cross-entropy on clean images": ("gradresnet-ce", {}),
     "UNet (denoising only)": ("unet", {}),
     "DnCNN (denoising only)": ("dncnn", {}),
+    # the 1/sigma^2 weighting lets the images below sigma = 0.01, whose noise no denoiser can find, give 10x
+    # (trained) to 8,000x (at initialisation) the parameter gradient of those above 0.1 in a batch-normalised
+    # network; the two recipes without it: unweighted MSE, then DnCNN-B's own (Zhang et al.: sigma uniform in
+    # [0, 55/255], unweighted MSE; our sampler starts at sigma_min = 0.001)
+    "DnCNN, unweighted MSE": ("dncnn", {"weighting": "none"}),
+    "DnCNN, DnCNN-B's recipe": ("dncnn", {"weighting": "none", "sigma_distribution": "uniform", "sigma_max": 55 / 255}),
 }
 #: where each head's class-independent energy is computed (which part of the score passes through the network)
 ENERGY_SOURCE = {"logenergy": "one 3x3 convolution of y", "stage1energy": "the network's stage-1 feature map",
