@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -256,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.candidates:
         profile, budget = BUDGETS[a.budget]
         rows[name] = measure(name, a.data_dir, profile=profile, budget=budget)
-        rows[name]["command"] = "python -m cdn joint-search " + " ".join(argv or sys.argv[1:])
+        rows[name]["command"] = "python -m cdn joint-search " + shlex.join(argv or sys.argv[1:])
         rows[name]["commit"] = commit
         rows[name]["machine"] = machine  # rows of one file may come from several machines
-        out = {"meta": {"command": "python -m cdn joint-search " + " ".join(argv or sys.argv[1:]),
+        out = {"meta": {"command": "python -m cdn joint-search " + shlex.join(argv or sys.argv[1:]),
                         "commit": commit, "machine": machine,
                         "torch": torch.__version__, "data": data_record("cifar10", a.data_dir), "budget": {"name": a.budget, "profile": profile, **budget},
                         "rule": __doc__.split("\n\n")[2].replace("\n", " ")},

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import math
 import platform
 import sys
@@ -286,5 +287,5 @@ def main(argv=None) -> None:
                                    ("batch_size", a.batch_size), ("steps", a.steps), ("test_size", a.test_size))
                  if v is not None}
     compare(cands, a.dataset, a.precision, a.out, a.data_dir,
-            command="python -m cdn variants " + " ".join(argv or sys.argv[1:]), **overrides)
+            command="python -m cdn variants " + shlex.join(argv or sys.argv[1:]), **overrides)
 
