@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import math
 import platform
+import shlex
 import sys
 from pathlib import Path
 
