@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cdn.data import make_synthetic
-from cdn.experiments.efficiency import JointTrainer, accuracy_at, accuracy_vs_time, flops_per_image
+from cdn.experiments.efficiency import JointTrainer, accuracy_at, accuracy_vs_time, flops_per_image, race_rows
 from cdn.profiles import get_config
 
 
@@ -33,6 +33,20 @@ def test_curve_starts_at_zero_and_records_divergence():
 def test_accuracy_at_takes_the_last_measurement_before():
     curve = [{"seconds": 0.0, "accuracy": 0.1}, {"seconds": 10.0, "accuracy": 0.3}, {"seconds": 20.0, "accuracy": 0.5}]
     assert accuracy_at(curve, 15) == 0.3 and accuracy_at(curve, 20) == 0.5 and accuracy_at(curve, -1) is None
+
+
+def test_race_rows_read_each_curve_at_fractions_of_the_budget():
+    curve = [{"seconds": 0.0, "accuracy": 0.1}, {"seconds": 40.0, "accuracy": 0.3}, {"seconds": 110.0, "accuracy": 0.2}]
+    race = {"settings": {"budget_s": 100, "lr": 1e-3},
+            "models": {"joint": {"arch": "a", "steps": 55, "curve": curve, "diverged": None},
+                       "jem": {"arch": "b", "steps": 11, "lr": 1e-4, "threads": 2, "curve": curve[:2],
+                               "diverged": {"step": 11}}}}
+    joint, jem = race_rows(race)
+    assert joint["model"] == "joint" and joint["lr"] == 1e-3 and joint["diverged"] == "no"
+    assert joint["accuracy at 25 s"] == 0.1 and joint["accuracy at 50 s"] == 0.3
+    assert joint["accuracy at 100 s"] == 0.2 and joint["best accuracy"] == 0.3  # the last, then the best
+    assert joint["updates per second"] == pytest.approx(55 / 110)
+    assert jem["lr"] == 1e-4 and jem["diverged"] == "at update 11" and jem["updates per second"] == pytest.approx(11 / 40)
 
 
 def test_jem_flops_are_affine_in_the_number_of_sgld_steps():

@@ -1,5 +1,7 @@
 """The cache of chapter results (cdn.book.chapter.cached_json): computed once per key, recomputed when
 anything in the key changes, including the bytes of a file digested into it."""
+import pytest
+
 from cdn.book import chapter
 from cdn.experiments import classical
 from cdn import provenance
@@ -119,3 +121,16 @@ def test_the_benchmark_and_roofline_tables_read_the_benchmark_files():
         assert q["speedup"] == roof["summary"]["joint_reference_over_joint"]
         assert abs(q["speedup"] - t_ref["gradresnet-joint-reference"] / t_ref["gradresnet-joint"]) < 1e-9
         assert q["float32_ceiling"] >= 1.0
+
+
+def test_result_json_reads_from_the_results_folder_and_names_what_is_missing(tmp_path):
+    from cdn.book import chapter
+
+    (tmp_path / "bench-a.json").write_text('{"x": 1}')
+    (tmp_path / "bench-b.json").write_text('{"x": 2}')
+    (tmp_path / "other.json").write_text('{"x": 3}')
+    assert chapter.result_json("bench-a.json", tmp_path) == {"x": 1}
+    assert chapter.result_jsons("bench-*.json", tmp_path) == {"bench-a.json": {"x": 1}, "bench-b.json": {"x": 2}}
+    assert chapter.result_jsons("none-*.json", tmp_path) == {}
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        chapter.result_json("missing.json", tmp_path)

@@ -218,6 +218,21 @@ def committed_results(results_dir: str | Path | None = None) -> list[Path]:
                   and (p.name == "metrics.json" or not (p.parent / "manifest.json").is_file()))
 
 
+def result_json(name: str, results_dir: str | Path | None = None) -> dict:
+    """The committed JSON result ``name`` directly under the results folder (``results/``, or ``$CDN_RESULTS``:
+    ``cdn.committed.results_root``), read."""
+    path = results_root(results_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no committed result {name} in {results_root(results_dir)}")
+    return json.loads(path.read_text())
+
+
+def result_jsons(pattern: str, results_dir: str | Path | None = None) -> dict[str, dict]:
+    """Every committed JSON result directly under the results folder whose name matches the glob ``pattern``,
+    read, by file name in sorted order (empty when none matches)."""
+    return {p.name: json.loads(p.read_text()) for p in sorted(results_root(results_dir).glob(pattern)) if p.is_file()}
+
+
 def load_result(path: str | Path):
     """A committed result file as a pandas DataFrame: a CSV as is; a JSON list of flat records, a
     dict of records, or a ``metrics.json`` of a run (its classification and denoising rows, labelled

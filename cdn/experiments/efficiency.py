@@ -193,6 +193,24 @@ def accuracy_at(curve: list[dict], seconds: float) -> float | None:
     return before[-1] if before else None
 
 
+def race_rows(race_result: dict, fractions=(0.25, 0.5, 1.0)) -> list[dict]:
+    """One row per raced model of ``race``'s result: network, learning rate, updates and updates per second,
+    threads, where it diverged, the accuracy at each fraction of the time budget (``accuracy_at``; the last
+    fraction 1.0 is the final accuracy) and the best accuracy of its curve."""
+    budget, rows = race_result["settings"]["budget_s"], []
+    for name, m in race_result["models"].items():
+        last = m["curve"][-1]
+        row = {"model": name, "network": m["arch"], "lr": m.get("lr", race_result["settings"]["lr"]),
+               "updates": m["steps"], "updates per second": m["steps"] / max(last["seconds"], 1e-9),
+               "threads": m.get("threads"),
+               "diverged": "no" if not m["diverged"] else f"at update {m['diverged']['step']}"}
+        for frac in fractions:
+            row[f"accuracy at {frac * budget:.0f} s"] = accuracy_at(m["curve"], frac * budget if frac < 1 else float("inf"))
+        row["best accuracy"] = max(p["accuracy"] for p in m["curve"])
+        rows.append(row)
+    return rows
+
+
 class _FlopCount:
     """Counts the FLOPs of the matrix multiplications and convolutions dispatched inside the block with
     torch's own formulas (``torch.utils.flop_counter.flop_registry``). ``FlopCounterMode`` itself
