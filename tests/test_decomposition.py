@@ -168,7 +168,7 @@ def test_a_search_candidate_is_measured_with_its_decomposition(name):
 def test_the_search_table_reads_each_row_of_the_results_file(tmp_path):
     from cdn.experiments import joint_search
 
-    assert joint_search.load(tmp_path / "none.json")["rows"] == []
+    assert joint_search.load("none.json", tmp_path)["rows"] == []
     den = [{"sigma": s, "noisy": 20.0, "D(y)": 25.0 + s, "energy alone": 21.0, "features alone": 20.5,
             "D(y,c)": 25.2, "D(y,wrong c)": 24.9} for s in joint_search.SIGMAS]
     row = {"candidate": "x", "model": "gradresnet", "clean_accuracy": 0.5, "accuracy_sigma_0.2": 0.4, "epochs": 3.0,
@@ -229,3 +229,32 @@ def test_the_amended_rule_chooses_among_candidates_of_the_profiles_width():
     assert js.choose(rows) == "wide"  # within one point of accuracy, the better denoiser
     assert js.choose(rows, width=js.DEFAULT_WIDTH) == "narrow"
     assert js.choose(rows, width=64) is None
+
+
+def test_the_confirmation_report_reads_each_gap_from_the_rows():
+    from cdn.experiments import joint_search
+
+    def den(d_y, stem):
+        return [{"sigma": s, "D(y)": d_y + s, "stem energy alone": stem, "D(y,c)": 25.01, "D(y,wrong c)": 25.0}
+                for s in joint_search.SIGMAS]
+
+    def full(v):
+        return [{"sigma": s, "D(y)": v + s} for s in joint_search.SIGMAS]
+
+    joint = {"candidate": "j", "clean_accuracy": 0.70, "epochs": 10.0, "train_time_s": 600, "machine": "m",
+             "denoising": den(26.0, 21.0), "denoising_full_test": full(26.0), "grad_ce": 3.0, "grad_dsm": 1.5,
+             "final_dsm": 0.4}
+    other = dict(joint, candidate="k")
+    unet = {"candidate": "UNet (denoising only)", "denoising_full_test": full(26.5)}
+    ce = {"candidate": "cross-entropy on the same noisy images", "clean_accuracy": 0.75}
+    report = joint_search.confirmation_report({"rows": [other, joint, unet, ce]}, chosen="j",
+                                              shortcut_metrics={"epochs": 2.6, "denoising": full(25.0)})
+    assert report.index("j (10 epochs, 10 min on m)") < report.index("k (10 epochs")  # the chosen first
+    assert "against the UNet at the same epochs: σ=0.05: -0.50 dB, σ=0.1: -0.50 dB, σ=0.2: -0.50 dB" in report
+    assert "(the shortcut, cpu profile, 2.6 epochs, whose D(y) had stopped improving): σ=0.05: +1.00 dB" in report
+    assert "clean accuracy against cross-entropy on the same noisy images: -5.00 points (70.00% against 75.00%)" in report
+    assert "σ=0.1: +5.10 dB" in report and "+0.010 dB" in report and "2.0" in report and "0.400" in report
+    line = joint_search.meta_line({"machine": "cpu", "commit": "abc", "data": {"file": "f.tar", "sha256": "0123456789abcdef"},
+                                   "budget": {"name": "confirm", "steps": 3910, "lr": 1}})
+    assert line == ("machine: cpu | commit: abc | data: f.tar (sha256 0123456789ab...) | budget: "
+                    "{'name': 'confirm', 'steps': 3910}")

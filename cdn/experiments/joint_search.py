@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_write_text
+from ..committed import results_root
 from ..evaluate import decomposed_denoisers, psnr_vs_sigma, score_part_sizes
 from ..nets.resnet import FEATURE_ENERGY_HEADS
 from ..profiles import get_config
@@ -207,12 +208,15 @@ def search_comparisons(results: dict) -> list[dict]:
 
 
 #: the committed search (chapter 10)
-RESULTS_FILE = "joint-search.json"
+#: the three results files, under the results folder (``cdn.committed.results_root``): the 3-epoch search, the
+#: 10-epoch confirmation, the committed cpu-profile run measured as it is
+RESULTS_FILE, CONFIRM_FILE, PROFILE_FILE = "joint-search.json", "joint-confirm.json", "joint-cpu.json"
 
 
-def load(path) -> dict:
-    """The search's results file (``{"meta", "rows", "chosen"}``), or an empty one when it does not exist."""
-    path = Path(path)
+def load(name: str | Path, results_dir: str | Path | None = None) -> dict:
+    """The results file ``name`` (``{"meta", "rows", "chosen"}``) of the results folder (``results_dir``, else
+    ``$CDN_RESULTS``, else ``results/``), or an empty one when it does not exist."""
+    path = results_root(results_dir) / name
     return json.loads(path.read_text()) if path.is_file() else {"meta": {}, "rows": [], "chosen": None}
 
 
@@ -239,6 +243,62 @@ def table(results: dict):
                     "energy from": r.get("energy_source") or ""})
         out[r["candidate"]] = row
     return pd.DataFrame.from_dict(out, orient="index")
+
+
+def meta_line(meta: dict) -> str:
+    """Where a results file was measured, in one line: machine, commit, data file with its sha256, budget."""
+    data = meta.get("data") or {}
+    budget = {k: v for k, v in (meta.get("budget") or {}).items() if k in ("name", "profile", "steps", "precision")}
+    return (f"machine: {meta.get('machine')} | commit: {meta.get('commit')} | data: {data.get('file')} "
+            f"(sha256 {str(data.get('sha256'))[:12]}...)" + (f" | budget: {budget}" if budget else ""))
+
+
+def full_test_psnr(row: dict) -> dict[float, float]:
+    """sigma -> PSNR (dB) of a row's ``D(y)`` on the whole test set (``denoising_full_test``)."""
+    return {d["sigma"]: d["D(y)"] for d in row.get("denoising_full_test") or []}
+
+
+def _gaps(mine: dict, ref: dict) -> str:
+    return ", ".join(f"σ={s:g}: {mine[s] - ref[s]:+.2f} dB" for s in SIGMAS)
+
+
+def confirmation_report(confirm: dict, chosen: str | None = None, shortcut_metrics: dict | None = None) -> str:
+    """Each joint candidate of the confirmation (``chosen`` first) read against its references, one block per
+    candidate: ``D(y)`` minus the first default's plateau (``shortcut_metrics``, its cpu run's ``metrics.json``),
+    minus the UNet's and the DnCNN's at the same epochs, the clean accuracy minus both cross-entropy GradResNets',
+    what the first stage's blocks add over the stem's energy alone, ``D(y, c) - D(y, wrong c)``, the ratio of the two
+    loss terms' parameter gradients and the final DSM loss."""
+    rows = {r["candidate"]: r for r in confirm.get("rows", [])}
+    joints = sorted((r for r in rows.values() if r.get("clean_accuracy") is not None and r.get("denoising_full_test")),
+                    key=lambda r: r["candidate"] != chosen)
+    blocks = []
+    for joint in joints:
+        mine = full_test_psnr(joint)
+        lines = [f"{joint['candidate']} ({joint['epochs']:.0f} epochs, {joint['train_time_s'] / 60:.0f} min on "
+                 f"{joint.get('machine', confirm.get('meta', {}).get('machine'))}):"]
+        if shortcut_metrics is not None:
+            plateau = {d["sigma"]: d["D(y)"] for d in shortcut_metrics["denoising"]}
+            lines.append(f"  against the first, one-convolution default (the shortcut, cpu profile, "
+                         f"{shortcut_metrics['epochs']:.1f} epochs, whose D(y) had stopped improving): " + _gaps(mine, plateau))
+        for name, label in (("UNet (denoising only)", "the UNet at the same epochs"),
+                            ("DnCNN (denoising only)", "the DnCNN at the same epochs")):
+            if name in rows:
+                lines.append(f"  against {label}: " + _gaps(mine, full_test_psnr(rows[name]))
+                             + (f" (caution: {rows[name]['note']})" if rows[name].get("note") else ""))
+        for name in ("cross-entropy on the same noisy images", "cross-entropy on clean images"):
+            if name in rows:
+                ref = rows[name]["clean_accuracy"]
+                lines.append(f"  clean accuracy against {name}: {100 * (joint['clean_accuracy'] - ref):+.2f} points "
+                             f"({100 * joint['clean_accuracy']:.2f}% against {100 * ref:.2f}%)")
+        sub = {d["sigma"]: d for d in joint["denoising"]}
+        if all("stem energy alone" in sub[s] for s in SIGMAS):
+            lines.append("  the blocks over the stem's energy alone: " + ", ".join(
+                f"σ={s:g}: {sub[s]['D(y)'] - sub[s]['stem energy alone']:+.2f} dB" for s in SIGMAS))
+        lines.append(f"  D(y, c) − D(y, wrong c) at σ=0.1: {sub[0.1]['D(y,c)'] - sub[0.1]['D(y,wrong c)']:+.3f} dB; "
+                     f"|∇θ CE| / |∇θ λ DSM| at the last step: {joint['grad_ce'] / joint['grad_dsm']:.1f}; "
+                     f"final DSM loss {joint['final_dsm']:.3f}")
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
 
 
 def main(argv: list[str] | None = None) -> int:
