@@ -194,3 +194,38 @@ def psnr_vs_sigma(denoisers: dict[str, Denoiser], data: ImageDataset, sigmas=DEN
         parts = distributed.gather_objects(sums, info)
         rows.append({"sigma": float(sigma), **{k: sum(p[k] for p in parts) / len(data) for k in sums}})
     return rows
+
+
+#: noise bands of ``dsm_gradient_by_band``: the noise no denoiser can find (below 0.01, under 3 grey levels),
+#: the middle, and the levels the book measures denoisers at
+SIGMA_BANDS = ((0.0, 0.01), (0.01, 0.1), (0.1, float("inf")))
+
+
+def dsm_gradient_by_band(model, x: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, bands=SIGMA_BANDS,
+                         weighting: str = "inv_sigma2") -> list[dict]:
+    """Which noise levels drive a denoiser's training: for each band ``[lo, hi)`` of ``sigma``, the mean loss of its
+    images and the norm of the parameter gradient of their share of the batch loss
+    ``(1/B) sum_{i in band} w(sigma_i) ||D(y_i) - x_i||^2 / d``, ``y = x + sigma eps``, ``w = 1/sigma^2``
+    (``weighting='inv_sigma2'``) or 1 (``'none'``). ``model`` is a ``JointModel`` (``D = y + sigma^2 score``, the
+    score kept differentiable) or a denoiser module (``D = model(y)``); it runs in its present mode on the whole
+    batch, so in training mode batch statistics mix the bands as they do in training."""
+    if weighting not in ("inv_sigma2", "none"):
+        raise ValueError(f"weighting must be 'inv_sigma2' or 'none', got {weighting!r}")
+    s = sigma.view(-1, 1, 1, 1).to(x.dtype)
+    y = x + s * eps
+    if isinstance(model, JointModel):
+        params = [p for p in model.net.parameters() if p.requires_grad]
+        d = y + s ** 2 * model.score(y.detach().requires_grad_(True), None, create_graph=True)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        d = model(y)
+    w = 1 / sigma.to(x.dtype) ** 2 if weighting == "inv_sigma2" else torch.ones_like(sigma, dtype=x.dtype)
+    per_image = w * (d - x).pow(2).flatten(1).mean(1)
+    rows = []
+    for lo, hi in bands:
+        mask = (sigma >= lo) & (sigma < hi)
+        grads = torch.autograd.grad((per_image * mask).sum() / len(x), params, retain_graph=True, allow_unused=True)
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None)).item()
+        rows.append({"band": f"[{lo:g}, {hi:g})", "images": int(mask.sum()),
+                     "loss": per_image[mask].mean().item() if mask.any() else None, "gradient norm": norm})
+    return rows

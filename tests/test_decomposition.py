@@ -258,3 +258,38 @@ def test_the_confirmation_report_reads_each_gap_from_the_rows():
                                    "budget": {"name": "confirm", "steps": 3910, "lr": 1}})
     assert line == ("machine: cpu | commit: abc | data: f.tar (sha256 0123456789ab...) | budget: "
                     "{'name': 'confirm', 'steps': 3910}")
+
+
+def test_dsm_gradient_by_band_is_each_band_s_share_of_the_batch_gradient():
+    """On D(y) = a y (one parameter) the gradient of each band's share is sum 2 w (a y - x) . y / (B d), by hand."""
+    from cdn.evaluate import dsm_gradient_by_band
+
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+
+        def forward(self, y):
+            return self.a * y
+
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.rand(6, 1, 2, 2, generator=g, dtype=torch.float64), torch.randn(6, 1, 2, 2, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.005, 0.002, 0.05, 0.5, 0.2, 0.02], dtype=torch.float64)
+    rows = dsm_gradient_by_band(Scale(), x, sigma, eps)
+    y = x + sigma.view(-1, 1, 1, 1) * eps
+    w = 1 / sigma ** 2
+    for row, (lo, hi) in zip(rows, [(0, 0.01), (0.01, 0.1), (0.1, 10)]):
+        m = (sigma >= lo) & (sigma < hi)
+        grad = (2 * w[:, None] * ((0.7 * y - x) * y).flatten(1)).mean(1)[m].sum() / 6
+        loss = (w * (0.7 * y - x).pow(2).flatten(1).mean(1))[m].mean()
+        assert row["images"] == 2 and row["gradient norm"] == pytest.approx(abs(grad.item()), rel=1e-12)
+        assert row["loss"] == pytest.approx(loss.item(), rel=1e-12)
+    unweighted = dsm_gradient_by_band(Scale(), x, sigma, eps, weighting="none")
+    assert unweighted[0]["gradient norm"] < rows[0]["gradient norm"]
+    with pytest.raises(ValueError, match="weighting"):
+        dsm_gradient_by_band(Scale(), x, sigma, eps, weighting="sigma")
+    # a joint model's denoiser y + sigma^2 score, its score kept differentiable in the parameters
+    torch.manual_seed(0)
+    joint = JointModel(GradResNet(num_classes=3, in_channels=1, width=4)).double()
+    rows = dsm_gradient_by_band(joint, x.repeat(1, 1, 4, 4), sigma, eps.repeat(1, 1, 4, 4))
+    assert [r["images"] for r in rows] == [2, 2, 2] and all(r["gradient norm"] > 0 for r in rows)
