@@ -134,3 +134,16 @@ def test_result_json_reads_from_the_results_folder_and_names_what_is_missing(tmp
     assert chapter.result_jsons("none-*.json", tmp_path) == {}
     with pytest.raises(FileNotFoundError, match="missing.json"):
         chapter.result_json("missing.json", tmp_path)
+
+
+def test_operator_shares_split_a_profile_by_kind():
+    from cdn.book.tables import operator_shares
+
+    part = {"rows": [{"operator": "aten::convolution_backward", "share": 0.3},
+                     {"operator": "aten::mkldnn_convolution", "share": 0.2},
+                     {"operator": "aten::mul", "share": 0.1}, {"operator": "aten::add_", "share": 0.05},
+                     {"operator": "## Call CompiledFxGraph abc ##", "share": 0.1},
+                     {"operator": "aten::native_group_norm_backward", "share": 0.05}]}
+    shares = operator_shares(part)
+    assert shares["convolutions"] == pytest.approx(0.5) and shares["elementwise"] == pytest.approx(0.15)
+    assert shares["compiled"] == pytest.approx(0.1) and shares["rest"] == pytest.approx(0.25)

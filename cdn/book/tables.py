@@ -181,3 +181,21 @@ def roofline_ratios(roof: dict) -> dict[str, float]:
         out["speedup_norms_only"] = t["gradresnet-joint-reference"] / t["gradresnet-joint-float32-norms-only"]
         out["speedup_float32"] = t["gradresnet-joint-reference"] / t["gradresnet-joint-float32"]
     return out
+
+
+def operator_shares(profile_part: dict) -> dict[str, float]:
+    """A profiled step (one entry of a ``python -m benchmarks.profile`` file) split by operator kind, as shares of
+    its total self time: ``"convolutions"`` (forward and backward kernels), ``"elementwise"`` (``mul``, ``add``,
+    ``sub``, ``div``, ``exp``, GELU and their in-place forms), ``"compiled"`` (fused graphs) and ``"rest"``."""
+    kinds = {"convolutions": 0.0, "elementwise": 0.0, "compiled": 0.0}
+    elementwise = {"mul", "mul_", "add", "add_", "sub", "sub_", "div", "div_", "exp", "gelu", "gelu_backward"}
+    for row in profile_part["rows"]:
+        name = row["operator"]
+        if "convolution" in name:
+            kinds["convolutions"] += row["share"]
+        elif name.removeprefix("aten::") in elementwise:
+            kinds["elementwise"] += row["share"]
+        elif "CompiledFxGraph" in name:
+            kinds["compiled"] += row["share"]
+    kinds["rest"] = 1.0 - sum(kinds.values())
+    return kinds
