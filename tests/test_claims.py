@@ -13,11 +13,11 @@ from cdn.checkpoint import sha256_file
 from cdn.committed import MANIFEST, MANIFEST_FORMAT
 
 
-def _commit(results, model, metrics, profile="quick", **changes):
-    """A committed run of ``get_config(profile, model, **changes)`` holding only config.json and ``metrics``."""
-    config = get_config(profile, model, "cifar10", **changes)
+def _commit(results, model, metrics, profile="quick", dataset="cifar10", **changes):
+    """A committed run of ``get_config(profile, model, dataset, **changes)`` holding only config.json and ``metrics``."""
+    config = get_config(profile, model, dataset, **changes)
     default = not changes
-    run_dir = results / f"{profile}-cifar10" / (model if default else f"{model}-{config.key()}")
+    run_dir = results / f"{profile}-{dataset}" / (model if default else f"{model}-{config.key()}")
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -92,6 +92,18 @@ def test_denoising_and_conditional_rules(tmp_path):
     _commit(other, "unet", _denoiser((31.8, 27.0, 22.3)))
     assert _row(other, "denoising")["verdict"] == "not supported"
     assert _row(other, "conditional")["verdict"] == "not supported"
+
+
+def test_low_resolution_imagenet_needs_both_the_accuracy_and_the_denoising_rule(tmp_path):
+    for root, acc, gap in ((tmp_path / "a", 0.44, -0.4), (tmp_path / "b", 0.40, -0.4), (tmp_path / "c", 0.44, -0.6)):
+        _commit(root, "gradresnet", {**_classifier(acc), **_denoiser([30 + gap, 25 + gap, 20 + gap])}, dataset="tiny-imagenet")
+        _commit(root, "resnet18", _classifier(0.45), dataset="tiny-imagenet")
+        _commit(root, "unet", _denoiser([30, 25, 20]), dataset="tiny-imagenet")
+    assert _row(tmp_path / "a", "low_resolution_imagenet")["verdict"] == "supported"
+    row = _row(tmp_path / "b", "low_resolution_imagenet")
+    assert row["verdict"] == "not supported" and "-5.0 points" in row["evidence"]
+    assert _row(tmp_path / "c", "low_resolution_imagenet")["verdict"] == "not supported"
+    assert _row(tmp_path / "a", "low_resolution_imagenet", "cpu")["verdict"] == "not tested"  # no cpu Tiny ImageNet
 
 
 def test_the_readme_ledger_is_the_one_the_committed_results_give():

@@ -55,11 +55,11 @@ class Claim:
     judge: Callable[[str, Path], dict]
 
 
-def committed_metrics(profile: str, model: str, results: Path) -> tuple[dict | None, str]:
-    """``(metrics, run name)`` of the committed run of ``get_config(profile, model)``, or ``(None, why)``."""
-    if "cifar10" not in PROFILE_SETTINGS.get(profile, {}):
-        return None, f"the {profile} profile has no CIFAR-10 settings"
-    config = get_config(profile, model, "cifar10")
+def committed_metrics(profile: str, model: str, results: Path, dataset: str = "cifar10") -> tuple[dict | None, str]:
+    """``(metrics, run name)`` of the committed run of ``get_config(profile, model, dataset)``, or ``(None, why)``."""
+    if dataset not in PROFILE_SETTINGS.get(profile, {}):
+        return None, f"the {profile} profile has no {dataset} settings"
+    config = get_config(profile, model, dataset)
     with contextlib.redirect_stdout(io.StringIO()):  # find_committed says why another configuration's run is not used
         run_dir = find_committed(config, results)
     if run_dir is None:
@@ -83,14 +83,14 @@ def psnr(metrics: dict, sigma: float, key: str = "D(y)") -> float | None:
 
 
 def _missing(*whys: str) -> dict:
-    return {"evidence": "; ".join(whys), "verdict": "not tested", "numbers": {}, "runs": []}
+    return {"evidence": "; ".join(dict.fromkeys(whys)), "verdict": "not tested", "numbers": {}, "runs": []}
 
 
-def _gather(profile: str, results: Path, models) -> tuple[dict, list[str]]:
+def _gather(profile: str, results: Path, models, dataset: str = "cifar10") -> tuple[dict, list[str]]:
     """``({model: metrics}, [why missing])``; each metrics dict also holds its run name under ``"run"``."""
     found, missing = {}, []
     for m in models:
-        metrics, why = committed_metrics(profile, m, results)
+        metrics, why = committed_metrics(profile, m, results, dataset)
         if metrics is None:
             missing.append(why)
         else:
@@ -180,6 +180,34 @@ def judge_conditional(profile: str, results: Path) -> dict:
             "runs": [m["run"] for m in found.values()]}
 
 
+def low_resolution_verdict(joint: dict, resnet18: dict, unet: dict) -> dict:
+    """The rule of ``judge_low_resolution_imagenet`` on three metrics dicts (a run's ``metrics.json``):
+    ``{"evidence", "verdict", "numbers"}``, verdict "supported" when the joint model's clean accuracy is at most
+    ``ACCURACY_POINTS`` below ResNet-18's and its ``D(y)`` at most ``PSNR_DB`` below the UNet's at every level of
+    ``DENOISE_SIGMAS``; "not tested" when a number is missing."""
+    a, b = accuracy(joint), accuracy(resnet18)
+    values = {s: (psnr(joint, s), psnr(unet, s)) for s in DENOISE_SIGMAS}
+    if None in (a, b) or any(None in v for v in values.values()):
+        return _missing("clean accuracy or D(y) at every σ of the rule is not in every metrics.json")
+    gap, gaps = 100 * (a - b), {s: x - y for s, (x, y) in values.items()}
+    ok = gap >= -ACCURACY_POINTS and all(g >= -PSNR_DB for g in gaps.values())
+    return {"evidence": f"Tiny ImageNet subset: clean accuracy {100 * a:.1f}% (joint) against {100 * b:.1f}% "
+                        f"(ResNet-18), {gap:+.1f} points; D(y) minus UNet: "
+                        + ", ".join(f"{g:+.2f} dB at σ={s:g}" for s, g in gaps.items()),
+            "verdict": "supported" if ok else "not supported",
+            "numbers": {"joint": a, "resnet18": b, **{f"gap_{s:g}": g for s, g in gaps.items()}}}
+
+
+def judge_low_resolution_imagenet(profile: str, results: Path) -> dict:
+    """``low_resolution_verdict`` on the committed Tiny ImageNet runs of the joint model, ResNet-18 and the UNet
+    of ``profile``."""
+    found, missing = _gather(profile, results, ("gradresnet", "resnet18", "unet"), "tiny-imagenet")
+    if missing:
+        return _missing(*missing)
+    out = low_resolution_verdict(found["gradresnet"], found["resnet18"], found["unet"])
+    return {"runs": [m["run"] for m in found.values()], **out}
+
+
 def judge_efficiency(profile: str, results: Path) -> dict:
     """Accuracy at the end of equal wall-clock budgets (``cdn.experiments.efficiency.race``, committed curves) of the
     joint model against the best JEM run: supported when the joint model's is higher."""
@@ -218,6 +246,9 @@ CLAIMS = (
           judge_denoising),
     Claim("conditional", "Conditioning the denoiser on the class changes little", "03_denoising",
           f"PSNR of D(y, c) within {CONDITIONAL_DB:g} dB of D(y)'s at every σ", judge_conditional),
+    Claim("low_resolution_imagenet", "Classifies and denoises low-resolution ImageNet as on CIFAR-10",
+          "04_tiny_imagenet", f"on the Tiny ImageNet subset: clean accuracy at most {ACCURACY_POINTS:g} points below "
+          f"ResNet-18's and D(y) at most {PSNR_DB:g} dB below the UNet's", judge_low_resolution_imagenet),
     Claim("efficiency", "Trains more efficiently than earlier joint models (JEM)", "05_efficiency",
           "higher accuracy than the best JEM run after the same seconds of training", judge_efficiency),
 )
@@ -308,4 +339,4 @@ def write_readme(readme_path: str | Path, results: str | Path | None = None) -> 
 
 
 __all__ = ["CLAIMS", "CPU_TABLE_MODELS", "Claim", "LEDGER_PROFILES", "accuracy", "committed_metrics", "cpu_table",
-           "ledger", "markdown", "psnr", "readme_block", "write_readme"]
+           "ledger", "low_resolution_verdict", "markdown", "psnr", "readme_block", "write_readme"]
