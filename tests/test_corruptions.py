@@ -183,3 +183,24 @@ def test_two_bins_ece_and_reliability_bins_match_torchmetrics():
     ours = (b["count"] / 5000 * (b["accuracy"] - b["confidence"]).abs()).nansum().item()
     assert ours == pytest.approx(multiclass_calibration_error(probs, labels, 10, n_bins=15).item(), abs=1e-5)
     assert b["count"].sum().item() == 5000
+
+
+def test_reading_states_what_the_tables_hold():
+    import pandas as pd
+
+    from cdn.experiments.corruptions import reading
+
+    models = ["joint", "ce", "noise", "joint, matched σ"]
+    summary = pd.DataFrame({"clean accuracy": [0.7, 0.8, 0.75, 0.7], "clean ECE": [0.1] * 4,
+                            "corrupted accuracy": [0.6, 0.5, 0.62, 0.61], "corrupted NLL": [1.2, 2.0, 1.1, 1.15],
+                            "corrupted ECE": [0.05, 0.2, 0.06, 0.04]}, index=models)
+    acc = pd.DataFrame({"noise": [0.6, 0.2, 0.7, 0.62], "blur": [0.5, 0.55, 0.52, 0.53]}, index=models)
+    ece = pd.DataFrame({"noise": [0.05, 0.4, 0.03, 0.04], "blur": [0.1, 0.12, 0.09, 0.08]}, index=models)
+    per = pd.DataFrame({"elastic_transform": [0.6, 0.3, 0.65, 0.6]}, index=models)
+    text = "\n".join(reading(summary, acc, ece, per, ["joint", "noise"], "joint", "joint, matched σ"))
+    assert "trained on noisy images reach 0.650 mean accuracy, those trained on clean images 0.200" in text
+    assert "**Blur family.** Highest accuracy: ce (0.550); lowest: joint (0.500); the joint model ranks 3 of 3." in text
+    assert "**Elastic transform.** Highest accuracy: noise (0.650); lowest: ce (0.300)." in text
+    assert "Lowest mean corrupted ECE: joint (0.050); lowest corrupted NLL: noise (1.100)" in text
+    assert "loses 0.100 from clean to corrupted accuracy, rank 1 of 3 (1 = the smallest drop" in text
+    assert "mean corrupted accuracy by +0.010 and its mean corrupted ECE by -0.010; on the blur family, accuracy +0.030" in text

@@ -341,3 +341,43 @@ def per_severity_table(result: BenchmarkResult, metric: str = "accuracy"):
     df = result.frame()
     table = df.pivot_table(index="model", columns="severity", values=metric, aggfunc="mean", sort=False)
     return table.loc[list(dict.fromkeys(df.model))]
+
+
+def reading(summary, group_accuracy, group_ece, corruption_accuracy, noise_trained, joint: str,
+            matched: str | None = None) -> list[str]:
+    """The measured sentences that read the chapter's tables, each computed from them: ``summary``
+    (``summary_table``), the per-family accuracy and ECE (``per_group_table``), the per-corruption accuracy
+    (``per_corruption_table``); ``noise_trained`` names the models trained on noisy images, ``joint`` the joint
+    model and ``matched`` its matched-sigma row. Models are compared on the rows other than ``matched``."""
+    models = [m for m in summary.index if m != matched]
+    clean_trained = [m for m in models if m not in noise_trained]
+    acc, ece = group_accuracy.loc[models], group_ece.loc[models]
+    out = []
+    if "noise" in acc.columns and clean_trained:
+        out.append(f"**Noise, by training.** On the noise family the models trained on noisy images reach {acc.loc[noise_trained, 'noise'].mean():.3f} "
+                   f"mean accuracy, those trained on clean images {acc.loc[clean_trained, 'noise'].mean():.3f}; ECE there: "
+                   + ", ".join(f"{m} {ece.loc[m, 'noise']:.3f}" for m in models) + ".")
+    for family in acc.columns:
+        order = acc[family].sort_values(ascending=False)
+        out.append(f"**{family.capitalize()} family.** Highest accuracy: {order.index[0]} ({order.iloc[0]:.3f}); lowest: "
+                   f"{order.index[-1]} ({order.iloc[-1]:.3f}); the joint model ranks {list(order.index).index(joint) + 1} "
+                   f"of {len(order)}.")
+    if "elastic_transform" in corruption_accuracy.columns:
+        col = corruption_accuracy.loc[models, "elastic_transform"].sort_values(ascending=False)
+        out.append(f"**Elastic transform.** Highest accuracy: {col.index[0]} ({col.iloc[0]:.3f}); lowest: "
+                   f"{col.index[-1]} ({col.iloc[-1]:.3f}).")
+    s = summary.loc[models]
+    drop = (s["clean accuracy"] - s["corrupted accuracy"]).sort_values()
+    out.append(f"**Calibration and degradation.** Lowest mean corrupted ECE: {s['corrupted ECE'].idxmin()} "
+               f"({s['corrupted ECE'].min():.3f}); lowest corrupted NLL: {s['corrupted NLL'].idxmin()} "
+               f"({s['corrupted NLL'].min():.3f}). The joint model loses {drop[joint]:.3f} from clean to corrupted "
+               f"accuracy, rank {list(drop.index).index(joint) + 1} of {len(drop)} (1 = the smallest drop; clean accuracy "
+               f"{s.loc[joint, 'clean accuracy']:.3f}).")
+    if matched is not None and matched in summary.index:
+        out.append(f"**The matched σ** changes the joint model's mean corrupted accuracy by "
+                   f"{summary.loc[matched, 'corrupted accuracy'] - summary.loc[joint, 'corrupted accuracy']:+.3f} and its "
+                   f"mean corrupted ECE by {summary.loc[matched, 'corrupted ECE'] - summary.loc[joint, 'corrupted ECE']:+.3f}"
+                   + (f"; on the blur family, accuracy {group_accuracy.loc[matched, 'blur'] - group_accuracy.loc[joint, 'blur']:+.3f} "
+                      f"and ECE {group_ece.loc[matched, 'blur'] - group_ece.loc[joint, 'blur']:+.3f}"
+                      if "blur" in group_accuracy.columns else "") + ".")
+    return out
