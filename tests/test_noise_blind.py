@@ -44,3 +44,16 @@ def test_the_posterior_of_the_level_concentrates_with_the_dimension():
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="means must be"):
         nb.IsotropicMixture(torch.zeros(3, 2), torch.ones(2), torch.ones(3) / 3)
+
+
+def test_the_isotropic_mixture_is_cdn_mixture_with_covariances_tau2_identity():
+    """IsotropicMixture keeps O(d) closed forms for d up to 3072; at small d it is cdn.mixture.GaussianMixture with
+    covariances tau_c^2 I, to rounding."""
+    from cdn.mixture import GaussianMixture
+
+    iso = nb.random_mixture(6, seed=2)
+    full = GaussianMixture(iso.means, iso.variances[:, None, None] * torch.eye(6, dtype=iso.means.dtype), iso.weights)
+    y = iso.sample(32, torch.Generator().manual_seed(1)) + 0.3 * torch.randn(32, 6, dtype=torch.float64)
+    sigma = torch.full((32,), 0.3, dtype=torch.float64)
+    assert torch.allclose(iso.log_joint(y, 0.3), full.log_joint(y, sigma), atol=1e-10)
+    assert torch.allclose(iso.posterior_mean(y, 0.3), full.posterior_mean(y, sigma), atol=1e-12)
