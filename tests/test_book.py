@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 book = pytest.importorskip("cdn.book.build")
+editions = pytest.importorskip("cdn.book.editions")
 pytest.importorskip("papermill")
 pytest.importorskip("jupytext")
 pytest.importorskip("jupyter_book")
@@ -211,7 +212,7 @@ def test_exercises_and_solutions_of_every_chapter_are_on_its_page(smoke_book):
     _, html = smoke_book
     table = {}
     for chapter in book.chapter_list():
-        counts = book.exercise_counts(chapter)
+        counts = editions.exercise_counts(chapter)
         page = _blocks(html / "chapters" / f"{chapter}.html")
         assert [e["id"] for e in page.exercises] == [e["label"] for e in counts["exercises"]], chapter
         for shown, src in zip(page.exercises, counts["exercises"]):
@@ -235,7 +236,7 @@ def test_theorems_and_proofs_render(smoke_book):
     _, html = smoke_book
     total = 0
     for chapter in book.chapter_list():
-        names = [b["name"] for b in book.directive_blocks((book.NOTEBOOKS_DIR / f"{chapter}.md").read_text())]
+        names = [b["name"] for b in editions.directive_blocks((book.NOTEBOOKS_DIR / f"{chapter}.md").read_text())]
         page = _blocks(html / "chapters" / f"{chapter}.html")
         assert page.theorems == names.count("prf:theorem"), chapter
         assert page.proofs == names.count("prf:proof"), chapter
@@ -261,8 +262,8 @@ def student_book(smoke_book):
 def test_student_edition_has_every_exercise_and_no_solution(smoke_book, student_book):
     _, html = smoke_book
     assert student_book == html.parent / "html-student" and (student_book / "index.html").is_file()
-    assert book.pages_with_solutions(html), "the full edition should have solutions"
-    assert book.pages_with_solutions(student_book) == []
+    assert editions.pages_with_solutions(html), "the full edition should have solutions"
+    assert editions.pages_with_solutions(student_book) == []
     secrets_checked = 0
     for chapter in book.chapter_list():
         full = _blocks(html / "chapters" / f"{chapter}.html")
@@ -309,7 +310,7 @@ def test_chromium_renders_figures_and_math_offline(smoke_book, student_book, tmp
         assert 'class="system-message' not in text and 'class="problematic' not in text, name
         if name.startswith("tweedie"):
             blocks = _blocks_of(text)
-            n_exercises = len(book.exercise_counts("07_tweedie")["exercises"])  # as many as the source has
+            n_exercises = len(editions.exercise_counts("07_tweedie")["exercises"])  # as many as the source has
             assert blocks.theorems == 2 and blocks.proofs == 2, f"{name}: theorems not rendered"
             assert len(blocks.exercises) == n_exercises >= 3, f"{name}: exercises not rendered"
             # the theorem statements hold typeset math
@@ -513,5 +514,5 @@ def test_a_failing_chapter_in_a_worker_comes_back_as_the_same_error(monkeypatch,
 def test_the_fingerprint_covers_every_module_chapters_run_and_not_the_build():
     names = {f.relative_to(book.REPO_ROOT / "cdn").as_posix() for f in book.fingerprinted_files()}
     assert {"joint.py", "train.py", "nets/resnet.py", "experiments/attacks.py", "book/chapter.py"} <= names
-    assert not names & {"book/build.py", "cli.py", "__main__.py"}
+    assert not names & {"book/build.py", "book/editions.py", "cli.py", "__main__.py"}
     assert len(book.package_fingerprint()) == 16
