@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cdn.data import make_synthetic
-from cdn.experiments.efficiency import JointTrainer, accuracy_at, accuracy_vs_time, flops_per_image, race_rows
+from cdn.experiments.efficiency import JointTrainer, accuracy_at, accuracy_vs_time, flops_per_image, race_rows, race_title
 from cdn.profiles import get_config
 
 
@@ -109,3 +109,11 @@ def test_race_reads_a_committed_curve_before_racing(tmp_path, monkeypatch):
     assert again["marker"] == "committed" and again["committed"] is True
     with pytest.raises(AssertionError, match="raced although"):
         eff.race("smoke", models=("joint",), refresh=True)
+
+
+def test_race_title_names_devices_and_committed_curves():
+    race = {"device": "cpu", "threads": 2, "train_images": 100, "test_images": 50,
+            "models": {"joint": {"committed": False}, "jem": {"threads": 1, "committed": False}}}
+    assert race_title(race) == "100 training images, 50 test images; cpu, 1 thread(s); cpu, 2 thread(s)"
+    race["models"]["jem"]["committed"] = True
+    assert race_title(race).endswith("(the committed curves of results/efficiency/, not raced in this build)")

@@ -147,3 +147,29 @@ def test_operator_shares_split_a_profile_by_kind():
     shares = operator_shares(part)
     assert shares["convolutions"] == pytest.approx(0.5) and shares["elementwise"] == pytest.approx(0.15)
     assert shares["compiled"] == pytest.approx(0.1) and shares["rest"] == pytest.approx(0.25)
+
+
+def test_compile_table_pairs_each_step_with_its_compiled_case():
+    import pandas as pd
+
+    from cdn.book.tables import compile_table
+
+    bench = {"rows": [{"case": "gradresnet-ce", "seconds_per_step": 0.1},
+                      {"case": "gradresnet-ce-compiled", "seconds_per_step": 0.08, "first_step_s": 20.0},
+                      {"case": "gradresnet-joint", "seconds_per_step": 0.3},
+                      {"case": "gradresnet-joint-compiled", "error": "double backward", "first_step_s": 5.0}]}
+    t = compile_table(bench)
+    assert list(t.index) == ["gradresnet-ce", "gradresnet-joint"]
+    assert t.loc["gradresnet-ce", "compiled ms"] == pytest.approx(80.0) and t.loc["gradresnet-ce", "error"] == ""
+    assert pd.isna(t.loc["gradresnet-joint", "compiled ms"]) and t.loc["gradresnet-joint", "error"] == "double backward"
+
+
+def test_sweep_per_image_divides_each_step_by_its_batch():
+    from cdn.book.tables import sweep_per_image
+
+    sweep = {"rows": [{"case": "ce", "width": 8, "batch": 64, "seconds_per_step": 0.064},
+                      {"case": "joint", "width": 8, "batch": 64, "seconds_per_step": 0.128},
+                      {"case": "joint", "width": 16, "batch": 32, "error": "out of memory"}]}
+    t = sweep_per_image(sweep)
+    assert t.loc[(8, 64), "ce"] == pytest.approx(1.0) and t.loc[(8, 64), "joint"] == pytest.approx(2.0)
+    assert list(t.index) == [(8, 64)]

@@ -199,3 +199,31 @@ def operator_shares(profile_part: dict) -> dict[str, float]:
             kinds["compiled"] += row["share"]
     kinds["rest"] = 1.0 - sum(kinds.values())
     return kinds
+
+
+def compile_table(bench: dict):
+    """``torch.compile`` against eager, from a ``python -m benchmarks`` file: one row per step that has both an eager
+    and a ``-compiled`` case, with the eager and compiled milliseconds per step (None where compiling failed), the
+    seconds of the first compiled step and the error."""
+    import pandas as pd
+
+    rows = {r["case"]: r for r in bench["rows"]}
+    out = []
+    for case in ("gradresnet-ce", "gradresnet-joint", "gradresnet-joint-func"):
+        r, rc = rows.get(case), rows.get(case + "-compiled")
+        if r is None or rc is None:
+            continue
+        out.append({"step": case, "eager ms": 1000 * r["seconds_per_step"],
+                    "compiled ms": None if rc.get("error") else 1000 * rc["seconds_per_step"],
+                    "first compiled step (s)": rc["first_step_s"], "error": rc.get("error", "")})
+    return pd.DataFrame(out, columns=["step", "eager ms", "compiled ms", "first compiled step (s)", "error"]).set_index("step")
+
+
+def sweep_per_image(sweep: dict):
+    """Milliseconds per image of every (width, batch) of a ``python -m benchmarks --sweep`` file, one column per
+    case (the timed rows only)."""
+    import pandas as pd
+
+    rows = [{"width": r["width"], "batch": r["batch"], "case": r["case"], "ms per image": 1000 * r["seconds_per_step"] / r["batch"]}
+            for r in sweep["rows"] if r.get("seconds_per_step")]
+    return pd.DataFrame(rows).pivot_table(index=["width", "batch"], columns="case", values="ms per image")

@@ -193,6 +193,16 @@ def accuracy_at(curve: list[dict], seconds: float) -> float | None:
     return before[-1] if before else None
 
 
+def race_title(race_result: dict) -> str:
+    """The race's images and the devices and threads it ran on, in one line (a figure title); where its curves
+    were read from ``results/efficiency/`` rather than raced in this build, it says so."""
+    ran_on = sorted({f"{m.get('device', race_result['device'])}, {m.get('threads', race_result['threads'])} thread(s)"
+                     for m in race_result["models"].values()})
+    committed = any(m.get("committed") for m in race_result["models"].values())
+    return (f"{race_result['train_images']} training images, {race_result['test_images']} test images; {'; '.join(ran_on)}"
+            + ("\n(the committed curves of results/efficiency/, not raced in this build)" if committed else ""))
+
+
 def race_rows(race_result: dict, fractions=(0.25, 0.5, 1.0)) -> list[dict]:
     """One row per raced model of ``race``'s result: network, learning rate, updates and updates per second,
     threads, where it diverged, the accuracy at each fraction of the time budget (``accuracy_at``; the last

@@ -238,6 +238,27 @@ def results_table(results: dict, dataset: str):
     return frame.set_index(["variant", "precision"])[list(COLUMNS.values())]
 
 
+def precision_pairs(results: dict, dataset: str = "cifar10") -> list[dict]:
+    """One row per (variant, precision) of the variants probed in more than one precision on ``dataset``: clean
+    accuracy, the PSNR of ``D(y)`` at sigma = 0.05, 0.1, 0.2, the final DSM loss and the milliseconds per step."""
+    rows = []
+    for name, by_p in results.get("entries", {}).get(dataset, {}).items():
+        if len(by_p) > 1:
+            for precision, r in by_p.items():
+                rows.append({"variant": name, "precision": precision, "clean acc.": r["clean_accuracy"],
+                             **{f"D(y) σ={s.lstrip('0')}": r.get(f"psnr_D(y)_{s}") for s in ("0.05", "0.1", "0.2")},
+                             "DSM": r.get("dsm"), "ms/step": r["ms_per_step"]})
+    return rows
+
+
+def probe_gradient_norms(results: dict, datasets=("cifar10", "tiny-imagenet")) -> dict[str, dict]:
+    """``"dataset: variant" -> {term: norm}``: each loss term's parameter-gradient norm at the end of the float32
+    probe (``add_gradient_norms``), for the variants that have them."""
+    return {f"{ds}: {name}": by_p["float32"]["gradient_norms"]
+            for ds in datasets for name, by_p in results.get("entries", {}).get(ds, {}).items()
+            if "gradient_norms" in by_p.get("float32", {})}
+
+
 def compare(candidates, datasets, precisions, out: str | Path, data_dir=None, command: str = "", **overrides) -> dict:
     """Probe every (dataset, candidate, precision) and write each row to ``out`` as soon as it exists
     (an interrupted comparison keeps what it measured; a rerun reuses the trained runs)."""
