@@ -64,6 +64,10 @@ MODELS: dict[str, tuple[str, str, bool]] = {
 #: ||sigma_t grad_{x_t} log p(x_t) + eps||^2 is this book's DSM term with w = 1 / sigma^2 on that scale
 MODEL_SETTINGS: dict[str, dict] = {
     "egc": dict(sigma_distribution="ddpm", sigma_min=1e-3, sigma_max=200.0, input_scaling=True),
+    # DnCNN-B's own recipe (Zhang et al. 2017): sigma uniform in [0, 55/255] (from sigma_min), unweighted MSE, lr 1e-3.
+    # On the joint model's objective (log-uniform sigma down to 1e-3, weight 1/sigma^2) this network stays at the
+    # identity; with lr 2e-3 its last ReLU layer dies (chapter "What the referees asked")
+    "dncnn": dict(sigma_distribution="uniform", sigma_max=55 / 255, weighting="none", lr=1e-3),
 }
 # every named GradResNet variant of chapter 10's comparison, as a joint model of its own
 MODELS.update({v: (v, "joint", False) for v in VARIANTS if v not in MODELS})

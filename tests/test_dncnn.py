@@ -8,6 +8,9 @@ from cdn.nets import DnCNN, build_net
 def test_dncnn_is_exactly_homogeneous_in_evaluation():
     torch.manual_seed(0)
     net = DnCNN(3, 8, depth=5)
+    y0 = torch.rand(2, 3, 8, 8)
+    assert torch.equal(net(y0), y0)  # the last convolution starts at zero: D is the identity before training
+    torch.nn.init.normal_(net.residual[-1].weight, std=0.1)  # a residual that is not zero
     net.train()
     net(torch.rand(16, 3, 8, 8))  # moves the running standard deviations away from 1
     net.eval()

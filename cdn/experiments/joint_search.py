@@ -82,13 +82,12 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     # references for the confirmation budget
     "cross-entropy on clean images": ("gradresnet-ce", {}),
     "UNet (denoising only)": ("unet", {}),
+    # the DnCNN as cdn.profiles trains it now: DnCNN-B's recipe (sigma uniform in [0, 55/255], unweighted MSE,
+    # lr 1e-3) and its last convolution initialised at zero. The rows "DnCNN, DnCNN-B's recipe" and "DnCNN,
+    # unweighted MSE" of results/joint-search.json, and the 10-epoch "DnCNN (denoising only)" row of
+    # results/joint-confirm.json, were trained before that change (PyTorch's initialisation, lr 2e-3, the joint
+    # model's sigma distribution and weighting unless the row's overrides say otherwise): they stayed at the identity
     "DnCNN (denoising only)": ("dncnn", {}),
-    # the 1/sigma^2 weighting lets the images below sigma = 0.01, whose noise no denoiser can find, give 10x
-    # (trained) to 8,000x (at initialisation) the parameter gradient of those above 0.1 in a batch-normalised
-    # network; the two recipes without it: unweighted MSE, then DnCNN-B's own (Zhang et al.: sigma uniform in
-    # [0, 55/255], unweighted MSE; our sampler starts at sigma_min = 0.001)
-    "DnCNN, unweighted MSE": ("dncnn", {"weighting": "none"}),
-    "DnCNN, DnCNN-B's recipe": ("dncnn", {"weighting": "none", "sigma_distribution": "uniform", "sigma_max": 55 / 255}),
 }
 #: where each head's class-independent energy is computed (which part of the score passes through the network)
 ENERGY_SOURCE = {"logenergy": "one 3x3 convolution of y", "stage1energy": "the network's stage-1 feature map",
