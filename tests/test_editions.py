@@ -125,7 +125,7 @@ def test_directive_blocks_skip_nested_fences_and_refuse_unclosed_ones():
 
 # ------------------------------------------------------------------ the real chapters --
 
-def test_every_chapter_has_two_to_five_exercises_each_with_one_solution():
+def test_every_chapter_has_two_to_four_exercises_each_with_one_solution():
     chapters = book.chapter_list()
     editions.check_exercises(chapters)  # labels, kinds, one solution each
     total = {"pen-and-paper": 0, "coding": 0}
@@ -135,7 +135,7 @@ def test_every_chapter_has_two_to_five_exercises_each_with_one_solution():
         if chapter in CHAPTERS_WITHOUT_EXERCISES:
             assert n == 0, chapter
             continue
-        assert 2 <= n <= 5, f"{chapter}: {n} exercises"
+        assert 2 <= n <= 4, f"{chapter}: {n} exercises"
         assert len(counts["solutions"]) == n
         for kind in total:
             total[kind] += counts[kind]
