@@ -26,6 +26,7 @@ EXPERIMENT_COMMANDS = {
     "variants": ("variants", "the GradResNet variants compared at one probe budget (results/architecture-quick.json)"),
     "short-budget": ("short_budget", "what each part of the short-budget recipe gives (EMA, flips; chapter 01)"),
     "sprint": ("gpu_sprint", "a GPU sprint of N seconds written as a committed run (results/paper-cifar10/)"),
+    "robustness": ("robustness", "attack a profile's committed models as chapter 11 does (results/robustness-*.json)"),
 }
 
 
