@@ -36,6 +36,9 @@ PRECISIONS = ("auto", "float32", "bf16", "bf16-all")
 #: convolution of y, whose gradient did all of the denoising: the model ``gradresnet-logenergy``), so
 #: every run trained with it keeps its hash and no stale run is reused under the new default.
 JOINT_ARCH = "gradresnet-stage1energy"
+#: the weight of the score-matching term of the joint model ``gradresnet`` (and of its noise-conditioned variant):
+#: ``loss = CE + JOINT_LAM * DSM``, chosen with the architecture by chapter 10's rule at ten epochs
+JOINT_LAM = 3.0
 
 #: model name -> (architecture, objective, noise_conditioning)
 MODELS: dict[str, tuple[str, str, bool]] = {
@@ -63,6 +66,10 @@ MODELS: dict[str, tuple[str, str, bool]] = {
 #: sqrt(abar_t) y = y / sqrt(1 + sigma^2) (input_scaling). Its epsilon-matching loss
 #: ||sigma_t grad_{x_t} log p(x_t) + eps||^2 is this book's DSM term with w = 1 / sigma^2 on that scale
 MODEL_SETTINGS: dict[str, dict] = {
+    # the joint model's balance: chapter 10's rule, applied to the ten-epoch width-16 rows of
+    # results/joint-confirm.json, chooses lam = 3 (within a point of the best clean accuracy, the best D(y) at sigma 0.1)
+    "gradresnet": dict(lam=JOINT_LAM),
+    "gradresnet-cond": dict(lam=JOINT_LAM),
     "egc": dict(sigma_distribution="ddpm", sigma_min=1e-3, sigma_max=200.0, input_scaling=True),
     # DnCNN-B's own recipe (Zhang et al. 2017): sigma uniform in [0, 55/255] (from sigma_min), unweighted MSE, lr 1e-3.
     # On the joint model's objective (log-uniform sigma down to 1e-3, weight 1/sigma^2) this network stays at the
@@ -336,8 +343,10 @@ EXPERIMENT_SIZES: dict[str, dict[str, dict]] = {
                            warmup_steps=50),
         "classical": dict(images=48),
         "sampling": dict(per_class=10, max_steps=200, n_uncond=20, edm_steps=20, n_in=1000, n_out=500),
+        # lam = 1 on the exercises' short schedule (200 steps at width 8): the default's JOINT_LAM was chosen at ten
+        # epochs of width 16, and the exercises compare lam against this value (chapter 01)
         "exercises": dict(width=8, steps=200, batch_size=64, train_size=10_000, test_size=500, warmup_steps=20,
-                          checkpoint_every=100, log_every=10),
+                          checkpoint_every=100, log_every=10, lam=1.0),
         "theory": _QUICK_THEORY,
     },
     "cpu": {

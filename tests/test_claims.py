@@ -106,6 +106,51 @@ def test_low_resolution_imagenet_needs_both_the_accuracy_and_the_denoising_rule(
     assert _row(tmp_path / "a", "low_resolution_imagenet", "cpu")["verdict"] == "not tested"  # no cpu Tiny ImageNet
 
 
+def _robustness(results, accs, identity=1e-14, runs=None, profile="quick"):
+    """A committed robustness-<profile>.json whose curves give ``accs[model] = (acc at L-inf 2/255, acc at L2 0.25)``."""
+    from cdn.profiles import model_label
+
+    runs = runs or {m: get_config(profile, m).run_name() for m in accs}
+    curve = lambda a, eps: [{"eps": 0.0, "accuracy": 0.9}, {"eps": eps, "accuracy": a}]  # noqa: E731
+    record = {"meta": {"test_images": 200, "identity_images": 16,
+                       "runs": {m: {"run": runs[m], "label": model_label(m)} for m in accs}},
+              "curves": {model_label(m): {"Linf": curve(a, 2 / 255), "L2": curve(b, 0.25)} for m, (a, b) in accs.items()},
+              "identity_max_relative_error_float64": {"0.1": identity, "0.2": identity / 10}}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"robustness-{profile}.json").write_text(json.dumps(record))
+
+
+def test_adversarial_robustness_must_beat_resnet18_and_stay_near_noise_augmentation(tmp_path):
+    for root in (tmp_path / "a", tmp_path / "b", tmp_path / "c"):
+        for m in ("gradresnet", "resnet18", "resnet18-noise"):
+            _commit(root, m, _classifier(0.8))
+    _robustness(tmp_path / "a", {"gradresnet": (0.40, 0.45), "resnet18": (0.20, 0.27), "resnet18-noise": (0.41, 0.46)})
+    row = _row(tmp_path / "a", "adversarial")
+    assert row["verdict"] == "supported" and row["numbers"]["gradresnet_Linf"] == 0.40
+    assert "results/robustness-quick.json" in row["runs"]
+    # 8 points below noise augmentation at L2 0.25
+    _robustness(tmp_path / "b", {"gradresnet": (0.40, 0.44), "resnet18": (0.20, 0.27), "resnet18-noise": (0.41, 0.52)})
+    assert _row(tmp_path / "b", "adversarial")["verdict"] == "not supported"
+    # attacked on another run than the committed one: stale, so not evidence
+    stale = {m: get_config("quick", m).run_name() for m in ("gradresnet", "resnet18", "resnet18-noise")}
+    stale["gradresnet"] = "cifar10-gradresnet-quick-0000000000"
+    _robustness(tmp_path / "c", {"gradresnet": (0.40, 0.45), "resnet18": (0.20, 0.27), "resnet18-noise": (0.41, 0.46)},
+                runs=stale)
+    row = _row(tmp_path / "c", "adversarial")
+    assert row["verdict"] == "not tested" and "0000000000" in row["evidence"]
+    assert _row(tmp_path / "a", "adversarial", "cpu")["verdict"] == "not tested"  # no robustness-cpu.json there
+
+
+def test_difference_of_denoisers_needs_the_identity_to_hold_in_float64(tmp_path):
+    accs = {"gradresnet": (0.4, 0.4)}
+    for root, err in ((tmp_path / "a", 3e-15), (tmp_path / "b", 1e-5)):
+        _commit(root, "gradresnet", _classifier(0.8))
+        _robustness(root, accs, identity=err)
+    row = _row(tmp_path / "a", "difference_of_denoisers")
+    assert row["verdict"] == "supported" and row["numbers"]["max_relative_error"] == 3e-15
+    assert _row(tmp_path / "b", "difference_of_denoisers")["verdict"] == "not supported"
+
+
 def test_the_readme_ledger_is_the_one_the_committed_results_give():
     """Fails when a committed result changed and the README was not regenerated (python -m cdn claims --readme)."""
     readme = (REPO_ROOT / "README.md").read_text()
@@ -123,3 +168,14 @@ def test_the_readme_cpu_table_is_the_one_the_committed_results_give():
 def test_a_readme_without_the_block_is_a_clear_error():
     with pytest.raises(ValueError, match="claims:start"):
         claims.readme_block("# no ledger here\n")
+
+
+def test_ledger_frame_holds_each_profiles_evidence_and_verdict(tmp_path):
+    _commit(tmp_path, "gradresnet", _classifier(0.80))
+    _commit(tmp_path, "resnet18", _classifier(0.81))
+    frame = claims.ledger_frame(results=tmp_path)
+    assert list(frame.columns) == [f"{p}: {w}" for p in claims.LEDGER_PROFILES for w in ("evidence", "verdict")]
+    assert len(frame) == len(claims.CLAIMS)
+    row = frame.loc[(claims.CLAIMS[0].text, claims.CLAIMS[0].rule)]
+    assert row["quick: verdict"] == "supported" and row["cpu: verdict"] == "not tested"
+    assert claims.runs_read("quick", tmp_path) == sorted(get_config("quick", m).run_name() for m in ("gradresnet", "resnet18"))

@@ -241,3 +241,36 @@ def test_committed_runs_show_their_recorded_metrics_without_data(exported, tmp_p
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(CheckpointError, match="corrupted or was changed"):
         chapter.committed_runs("smoke", "synthetic", ["gradresnet"], results)
+
+
+def test_run_tables_show_every_table_of_a_committed_run(exported, tmp_path):
+    """``cdn.book.tables.run_tables``: the Results chapter's tables of a set of runs, captioned, in the order asked,
+    with the numbers of the committed metrics; an unknown table is a clear error."""
+    from cdn.book import chapter, tables
+
+    _, _, _, dest = exported
+    got = chapter.committed_runs("smoke", "synthetic", ["gradresnet"], tmp_path / "results")
+    recorded = json.loads((dest / "metrics.json").read_text())
+    shown = tables.run_tables(got, "Synthetic")
+    assert [c for c, _ in shown] == ["Synthetic, test accuracy (%)", "Synthetic, expected calibration error",
+                                     "Synthetic, PSNR (dB)", "Synthetic, training cost"]
+    accuracy = shown[0][1].data
+    clean = next(r for r in recorded["classification"] if r["sigma"] == 0.0)
+    assert accuracy.loc[got["gradresnet"].label, "σ=0"] == pytest.approx(100 * clean["accuracy"])
+    assert [c for c, _ in tables.run_tables(got, "S", which=("psnr",))] == ["S, PSNR (dB)"]
+    with pytest.raises(ValueError, match="unknown tables"):
+        tables.run_tables(got, "S", which=("speed",))
+    fmt = tables.headline_format(["clean accuracy", "clean ECE", "PSNR D(y) σ=0.1 (dB)", "train time (s)"])
+    assert fmt == {"clean accuracy": "{:.1%}", "clean ECE": "{:.3f}", "PSNR D(y) σ=0.1 (dB)": "{:.2f}",
+                   "train time (s)": "{:.0f}"}
+
+
+def test_summary_format_shows_fractions_of_accuracy_as_percentages():
+    import pandas as pd
+
+    from cdn.book import tables
+
+    frame = pd.DataFrame({"robust acc": [0.25, 0.5], "radius 0.5": [0.1, 0.0], "ms": [12.5, 3.25], "n": [1, 2],
+                          "loss": [0.2, 0.3]})
+    assert tables.summary_format(frame) == {"robust acc": "{:.1%}", "radius 0.5": "{:.1%}", "ms": "{:.4g}",
+                                            "loss": "{:.4g}"}

@@ -131,8 +131,10 @@ def test_existing_run_names_are_stable():
     """Run directories are named by the configuration's hash: a change to Config (a new field, a
     new default) renames every run, and every chapter would silently retrain. Adding a model must
     not; update this name only with an intended change of a model or a CODE_VERSION bump. The joint
-    model ``gradresnet`` changed its architecture (cdn.profiles.JOINT_ARCH, issue 22): its name changed
-    with it, and the first default keeps its old name under another model name, with the same architecture."""
-    assert get_config("quick", "gradresnet", "cifar10").run_name() == "cifar10-gradresnet-quick-1ff9657fbe"
+    model ``gradresnet`` changed its architecture (cdn.profiles.JOINT_ARCH, issue 22) and then its lam
+    (cdn.profiles.JOINT_LAM): its name changed with each, and the first default keeps its old name under another
+    model name, with the same architecture; the exercises keep lam = 1 and their names."""
+    assert get_config("quick", "gradresnet", "cifar10").run_name() == "cifar10-gradresnet-quick-56ea844d5d"
+    assert get_config("quick", "gradresnet", "cifar10", lam=1.0).run_name() == "cifar10-gradresnet-quick-1ff9657fbe"
     assert get_config("quick", "gradresnet-logenergy", "cifar10").arch == "gradresnet"
     assert get_config("quick", "resnet18", "cifar10").run_name() == "cifar10-resnet18-quick-4039b818b1"  # unchanged

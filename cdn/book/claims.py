@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..experiments.attacks import CHECK_EPS
 from ..experiments.efficiency import race_file
+from ..experiments.robustness import result_path as robustness_path
 from ..profiles import PROFILE_SETTINGS, experiment_sizes, get_config, sizes_profile
 from ..committed import find_committed, results_root
 
@@ -41,6 +43,8 @@ DENOISE_SIGMAS = (0.05, 0.1, 0.2)
 CONDITIONAL_DB = 0.1
 #: the noise level of the robustness-to-noise claim
 NOISY_SIGMA = 0.2
+#: the difference-of-denoisers identity "holds" when its largest relative error in float64 is below this
+IDENTITY_TOLERANCE = 1e-8
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 
 
@@ -232,6 +236,65 @@ def judge_efficiency(profile: str, results: Path) -> dict:
             "runs": [f"results/efficiency/{race_file(profile, k).name}" for k in curves]}
 
 
+def _robustness_record(profile: str, results: Path, models) -> tuple[dict | None, list[str], list[str]]:
+    """``(record, runs, why missing)``: the committed ``results/robustness-<profile>.json`` when every model of
+    ``models`` was attacked on the run that is committed for it now (else None and why)."""
+    path = robustness_path(profile, results)
+    if not path.is_file():
+        return None, [], [f"no committed {path.name} (python -m cdn robustness --profile {profile})"]
+    record = json.loads(path.read_text())
+    found, missing = _gather(profile, results, models)
+    if missing:
+        return None, [], missing
+    attacked = record["meta"]["runs"]
+    stale = [f"{path.name} attacked {attacked.get(m, {}).get('run')}, the committed {m} run is {found[m]['run']}"
+             for m in models if attacked.get(m, {}).get("run") != found[m]["run"]]
+    if stale:
+        return None, [], stale
+    return record, [found[m]["run"] for m in models] + [f"results/{path.name}"], []
+
+
+def judge_adversarial(profile: str, results: Path) -> dict:
+    """Robust accuracy (PGD then APGD, the committed curves of ``python -m cdn robustness``) of the joint model at the
+    budgets ``CHECK_EPS`` (L-inf 2/255, L2 0.25) against ResNet-18 trained on clean images (the paper's comparison)
+    and with noise augmentation: supported when at both budgets it beats the first and trails the second by at most
+    ``ACCURACY_POINTS``."""
+    models = ("gradresnet", "resnet18", "resnet18-noise")
+    record, runs, missing = _robustness_record(profile, results, models)
+    if record is None:
+        return _missing(*missing)
+    acc = {}
+    for m in models:
+        curves = record["curves"][record["meta"]["runs"][m]["label"]]
+        for norm, eps in CHECK_EPS.items():
+            acc[m, norm] = next(r["accuracy"] for r in curves[norm] if abs(r["eps"] - eps) < 1e-9)
+    ok = all(acc["gradresnet", n] > acc["resnet18", n]
+             and 100 * (acc["gradresnet", n] - acc["resnet18-noise", n]) >= -ACCURACY_POINTS for n in CHECK_EPS)
+    names = {"Linf": "L∞ 2/255", "L2": "L2 0.25"}
+    return {"evidence": f"robust accuracy on {record['meta']['test_images']} images, "
+                        + "; ".join(f"{names[n]}: {100 * acc['gradresnet', n]:.1f}% (joint), "
+                                    f"{100 * acc['resnet18', n]:.1f}% (ResNet-18), "
+                                    f"{100 * acc['resnet18-noise', n]:.1f}% (ResNet-18 with noise augmentation)"
+                                    for n in CHECK_EPS),
+            "verdict": "supported" if ok else "not supported",
+            "numbers": {f"{m}_{n}": v for (m, n), v in acc.items()}, "runs": runs}
+
+
+def judge_difference_of_denoisers(profile: str, results: Path) -> dict:
+    """The identity ``grad_y log p(c | y) = (D(y, c) - D(y)) / sigma^2`` on the committed joint model, both sides
+    computed in float64 (``python -m cdn robustness``): supported when the largest relative error over the images
+    and noise levels is below ``IDENTITY_TOLERANCE``."""
+    record, runs, missing = _robustness_record(profile, results, ("gradresnet",))
+    if record is None:
+        return _missing(*missing)
+    errors = record["identity_max_relative_error_float64"]
+    worst = max(errors.values())
+    return {"evidence": f"largest relative error {worst:.1e} over {record['meta']['identity_images']} images at "
+                        f"σ = {', '.join(errors)} (float64)",
+            "verdict": "supported" if worst < IDENTITY_TOLERANCE else "not supported",
+            "numbers": {"max_relative_error": worst}, "runs": runs}
+
+
 CLAIMS = (
     Claim("classification", "Classifies CIFAR-10 competitively with a discriminative ResNet-18", "02_classification",
           f"clean accuracy at most {ACCURACY_POINTS:g} points below ResNet-18's, same profile", judge_classification),
@@ -251,6 +314,12 @@ CLAIMS = (
           f"ResNet-18's and D(y) at most {PSNR_DB:g} dB below the UNet's", judge_low_resolution_imagenet),
     Claim("efficiency", "Trains more efficiently than earlier joint models (JEM)", "05_efficiency",
           "higher accuracy than the best JEM run after the same seconds of training", judge_efficiency),
+    Claim("adversarial", "Is more robust to adversarial attacks than a discriminative classifier", "11_robustness",
+          f"robust accuracy at L∞ 2/255 and L2 0.25 above ResNet-18's, and at most {ACCURACY_POINTS:g} points below "
+          "ResNet-18 with noise augmentation", judge_adversarial),
+    Claim("difference_of_denoisers", "Its adversarial gradient is a difference of two denoisers", "11_robustness",
+          f"∇ log p(c|y) and (D(y, c) − D(y)) / σ² agree to {IDENTITY_TOLERANCE:g} (relative, float64) on the "
+          "committed joint model", judge_difference_of_denoisers),
 )
 
 
@@ -260,6 +329,22 @@ def ledger(profile: str, results: str | Path | None = None) -> list[dict]:
     root = results_root(results)
     return [{"claim": c.text, "key": c.key, "profile": profile, "chapter": c.chapter, "rule": c.rule, "runs": [],
              **c.judge(profile, root)} for c in CLAIMS]
+
+
+def ledger_frame(profiles=LEDGER_PROFILES, results: str | Path | None = None):
+    """The ledger of ``profiles`` as a pandas DataFrame: one row per claim (index: claim, rule) and the columns
+    ``"<profile>: evidence"``, ``"<profile>: verdict"`` for each profile in turn."""
+    import pandas as pd
+
+    rows = {p: ledger(p, results) for p in profiles}
+    return pd.DataFrame([{"claim": c.text, "rule": c.rule,
+                          **{f"{p}: {w}": rows[p][i][w] for p in profiles for w in ("evidence", "verdict")}}
+                         for i, c in enumerate(CLAIMS)]).set_index(["claim", "rule"])
+
+
+def runs_read(profile: str, results: str | Path | None = None) -> list[str]:
+    """Every committed run and result file the ledger of ``profile`` reads, sorted."""
+    return sorted({r for row in ledger(profile, results) for r in row["runs"]})
 
 
 def markdown(profiles=LEDGER_PROFILES, results: str | Path | None = None) -> str:
@@ -276,7 +361,7 @@ def markdown(profiles=LEDGER_PROFILES, results: str | Path | None = None) -> str
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for p in profiles:
-        used = sorted({r for row in rows[p] for r in row["runs"]})
+        used = runs_read(p, results)
         lines.append(f"Runs read, {p} profile: " + (", ".join(f"`{r}`" for r in used) if used else "none") + ".")
     return "\n".join(lines) + "\n"
 
@@ -339,4 +424,4 @@ def write_readme(readme_path: str | Path, results: str | Path | None = None) -> 
 
 
 __all__ = ["CLAIMS", "CPU_TABLE_MODELS", "Claim", "LEDGER_PROFILES", "accuracy", "committed_metrics", "cpu_table",
-           "ledger", "low_resolution_verdict", "markdown", "psnr", "readme_block", "write_readme"]
+           "ledger", "ledger_frame", "low_resolution_verdict", "markdown", "runs_read", "psnr", "readme_block", "write_readme"]

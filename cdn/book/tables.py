@@ -116,6 +116,42 @@ def headline_rows(runs: dict[str, ModelRun], dataset: str, sigma: float = 0.1) -
     return out
 
 
+def headline_format(columns) -> dict[str, str]:
+    """Number formats of ``headline_rows`` columns for ``DataFrame.style.format``: accuracies as percentages, ECE
+    to three decimals, PSNR to two, training time in whole seconds."""
+    fmt = {c: "{:.1%}" for c in columns if "accuracy" in c}
+    fmt.update({c: "{:.3f}" for c in columns if "ECE" in c})
+    fmt.update({c: "{:.2f}" for c in columns if "PSNR" in c})
+    if "train time (s)" in columns:
+        fmt["train time (s)"] = "{:.0f}"
+    return fmt
+
+
+def run_tables(runs: dict[str, ModelRun], title: str, which=("accuracy", "ece", "psnr", "training")) -> list:
+    """The tables of a set of runs, each as ``(caption, styled DataFrame)``, in the order of ``which``: test accuracy
+    (%) and expected calibration error against sigma for the classifiers, PSNR (dB) for the denoisers, and the
+    training cost (``training_summary``). ``title`` starts each caption (e.g. ``"CIFAR-10"``)."""
+    classifiers = {m: r for m, r in runs.items() if r.run.config.objective != "mse"}
+    makers = {"accuracy": ("test accuracy (%)", lambda: (classification_table(classifiers) * 100).style.format("{:.1f}")),
+              "ece": ("expected calibration error", lambda: classification_table(classifiers, "ece").style.format("{:.3f}")),
+              "psnr": ("PSNR (dB)", lambda: denoising_table(runs).style.format("{:.2f}")),
+              "training": ("training cost", lambda: training_summary(runs).style.format(TRAINING_SUMMARY_FORMAT,
+                                                                                         na_rep="-"))}
+    unknown = set(which) - set(makers)
+    if unknown:
+        raise ValueError(f"unknown tables {sorted(unknown)}; expected some of {', '.join(makers)}")
+    return [(f"{title}, {makers[w][0]}", makers[w][1]()) for w in which]
+
+
+def summary_format(frame) -> dict[str, str]:
+    """Number formats of a chapter summary (``cdn.book.chapter.load_summaries``): a float column of fractions in
+    [0, 1] whose name speaks of an accuracy, a radius or an epsilon as a percentage, every other float column to
+    four significant digits."""
+    pct = [c for c in frame.columns if frame[c].dtype.kind == "f" and frame[c].between(0, 1).all()
+           and ("acc" in c.lower() or "radius" in c.lower() or "ε" in c)]
+    return {c: "{:.1%}" if c in pct else "{:.4g}" for c in frame.columns if frame[c].dtype.kind == "f"}
+
+
 #: number formats of the ``benchmark_table`` columns
 BENCHMARK_FORMAT = {"ms per step": "{:.1f}", "images/s": "{:.0f}", "peak memory (MiB)": "{:.0f}",
                     "÷ CE GradResNet step": "{:.2f}"}
