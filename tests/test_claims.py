@@ -179,3 +179,5 @@ def test_ledger_frame_holds_each_profiles_evidence_and_verdict(tmp_path):
     row = frame.loc[(claims.CLAIMS[0].text, claims.CLAIMS[0].rule)]
     assert row["quick: verdict"] == "supported" and row["cpu: verdict"] == "not tested"
     assert claims.runs_read("quick", tmp_path) == sorted(get_config("quick", m).run_name() for m in ("gradresnet", "resnet18"))
+    styled = claims.ledger_table(results=tmp_path)
+    assert styled.caption == "The claims ledger (committed results)" and styled.data.equals(frame)

@@ -263,6 +263,13 @@ def test_run_tables_show_every_table_of_a_committed_run(exported, tmp_path):
     fmt = tables.headline_format(["clean accuracy", "clean ECE", "PSNR D(y) σ=0.1 (dB)", "train time (s)"])
     assert fmt == {"clean accuracy": "{:.1%}", "clean ECE": "{:.3f}", "PSNR D(y) σ=0.1 (dB)": "{:.2f}",
                    "train time (s)": "{:.0f}"}
+    rows = tables.headline_rows(got, "Synthetic")
+    shown = tables.headline_table(rows + [dict(rows[0], dataset="Another", model="M")], sort=True)
+    assert list(shown.data.index.get_level_values(0)) == ["Another"] + ["Synthetic"] * len(rows)
+    assert "data" not in shown.data.columns and "profile" in shown.data.columns
+    by_profile = tables.headline_table(rows, index=("model", "profile"), drop=("dataset",)).data
+    assert list(by_profile.columns) == [c for c in rows[0] if c not in ("model", "profile", "dataset", "data")]
+    assert "-" in tables.headline_table([dict(rows[0], **{"clean ECE": None})]).to_html()
 
 
 def test_summary_format_shows_fractions_of_accuracy_as_percentages():
@@ -274,3 +281,4 @@ def test_summary_format_shows_fractions_of_accuracy_as_percentages():
                           "loss": [0.2, 0.3]})
     assert tables.summary_format(frame) == {"robust acc": "{:.1%}", "radius 0.5": "{:.1%}", "ms": "{:.4g}",
                                             "loss": "{:.4g}"}
+    assert "25.0%" in tables.summary_table(frame).to_html()

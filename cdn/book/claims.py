@@ -342,6 +342,12 @@ def ledger_frame(profiles=LEDGER_PROFILES, results: str | Path | None = None):
                          for i, c in enumerate(CLAIMS)]).set_index(["claim", "rule"])
 
 
+def ledger_table(profiles=LEDGER_PROFILES, results: str | Path | None = None):
+    """``ledger_frame`` styled for a page: text aligned left, captioned "The claims ledger (committed results)"."""
+    return (ledger_frame(profiles, results).style.set_properties(**{"text-align": "left"})
+            .set_caption("The claims ledger (committed results)"))
+
+
 def runs_read(profile: str, results: str | Path | None = None) -> list[str]:
     """Every committed run and result file the ledger of ``profile`` reads, sorted."""
     return sorted({r for row in ledger(profile, results) for r in row["runs"]})

@@ -127,6 +127,18 @@ def headline_format(columns) -> dict[str, str]:
     return fmt
 
 
+def headline_table(rows: list[dict], index=("dataset", "model"), drop=(), sort: bool = False):
+    """The rows of ``headline_rows`` as one styled table: indexed by ``index``, without the ``data`` column and the
+    columns in ``drop``, formatted by ``headline_format`` ("-" where a value is missing); ``sort`` orders the rows by
+    the first index level."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows).set_index(list(index)).drop(columns=["data", *drop])
+    if sort:
+        frame = frame.sort_index(level=0, sort_remaining=False)
+    return frame.style.format(headline_format(frame.columns), na_rep="-")
+
+
 def run_tables(runs: dict[str, ModelRun], title: str, which=("accuracy", "ece", "psnr", "training")) -> list:
     """The tables of a set of runs, each as ``(caption, styled DataFrame)``, in the order of ``which``: test accuracy
     (%) and expected calibration error against sigma for the classifiers, PSNR (dB) for the denoisers, and the
@@ -150,6 +162,11 @@ def summary_format(frame) -> dict[str, str]:
     pct = [c for c in frame.columns if frame[c].dtype.kind == "f" and frame[c].between(0, 1).all()
            and ("acc" in c.lower() or "radius" in c.lower() or "ε" in c)]
     return {c: "{:.1%}" if c in pct else "{:.4g}" for c in frame.columns if frame[c].dtype.kind == "f"}
+
+
+def summary_table(frame):
+    """A chapter summary (``cdn.book.chapter.load_summaries``) styled by ``summary_format`` ("-" where missing)."""
+    return frame.style.format(summary_format(frame), na_rep="-")
 
 
 #: number formats of the ``benchmark_table`` columns
