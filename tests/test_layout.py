@@ -4,19 +4,14 @@ import counted, those inside functions too: a lower layer never imports a higher
 import each other, directly or around a circle. The README's layout names every module."""
 from __future__ import annotations
 
-import ast
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.import_graph import (ROOT, circles, dodging_imports, find_cycle, import_graph, imports_of,
+                                     package_modules)
+
 PACKAGE = ROOT / "cdn"
 #: a higher number may import a lower one, never the reverse
 LAYERS = {"core": 0, "experiments": 1, "book": 2, "cli": 3}
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def layer(module: str) -> str:
@@ -26,70 +21,6 @@ def layer(module: str) -> str:
     if module in ("cdn.cli", "cdn.__main__"):
         return "cli"
     return "core"
-
-
-def package_modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-
-
-def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
-    """The modules of ``cdn`` that ``module`` imports anywhere in its source (relative or absolute)."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            candidates = [target] + [f"{target}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            candidates = [a.name for a in node.names]
-        else:
-            continue
-        for name in candidates:
-            while name and name not in known:
-                name = name.rpartition(".")[0]
-            if name and name != module:
-                found.add(name)
-    return found
-
-
-def import_graph() -> dict[str, set[str]]:
-    modules = package_modules()
-    return {m: imports_of(m, p, set(modules)) for m, p in modules.items()}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import circle of ``graph`` (a list of modules, first == last), None if there is none. A
-    package's ``__init__`` importing its own submodules is not a circle (Python runs it first)."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def edges(m):
-        return [t for t in graph.get(m, ()) if not m.startswith(t + ".")]
-
-    def visit(m):
-        state[m] = 1
-        stack.append(m)
-        for t in edges(m):
-            if state.get(t) == 1:
-                return stack[stack.index(t):] + [t]
-            if t not in state:
-                found = visit(t)
-                if found:
-                    return found
-        stack.pop()
-        state[m] = 2
-        return None
-
-    for m in graph:
-        if m not in state:
-            found = visit(m)
-            if found:
-                return found
-    return None
 
 
 def test_the_layers_import_downwards_only():
@@ -121,6 +52,17 @@ def test_imports_inside_functions_are_counted(tmp_path):
     known = {"cdn.a", "cdn.b"}
     assert imports_of("cdn.a", pkg / "a.py", known) == {"cdn.b"}
     assert imports_of("cdn.b", pkg / "b.py", known) == {"cdn.a"}
+    assert imports_of("cdn.a", pkg / "a.py", known, "top") == set()
+    assert imports_of("cdn.a", pkg / "a.py", known, "function") == {"cdn.b"}
+    # a.f's import dodges the circle a -> b -> a: b imports a at module level
+    assert dodging_imports(tmp_path) == [("cdn.a", "cdn.b")]
+    assert circles(import_graph(tmp_path)) == 1
+    (pkg / "b.py").write_text("x = 1\n")
+    assert dodging_imports(tmp_path) == [] and circles(import_graph(tmp_path)) == 0
+
+
+def test_no_import_inside_a_function_dodges_a_circle():
+    assert dodging_imports() == []
 
 
 def test_the_readme_layout_names_every_module():
