@@ -1,4 +1,4 @@
-"""Architecture checks: GradResNet as PAPER.md describes it, the baselines, the UNet's homogeneity."""
+"""Architecture checks: GradResNet as the paper describes it, the baselines, the UNet's homogeneity."""
 import pytest
 import torch
 from torch import nn
