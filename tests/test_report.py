@@ -121,6 +121,12 @@ def test_the_benchmark_and_roofline_tables_read_the_benchmark_files():
         assert q["speedup"] == roof["summary"]["joint_reference_over_joint"]
         assert abs(q["speedup"] - t_ref["gradresnet-joint-reference"] / t_ref["gradresnet-joint"]) < 1e-9
         assert q["float32_ceiling"] >= 1.0
+        g = {r["case"]: r.get("gflop_per_step") for r in roof["rows"]}
+        assert q["flop_ratio"] == pytest.approx(g["gradresnet-joint"] / g["gradresnet-ce"])
+        same = [t_ref[c] for c in tables.SAME_STEP if c in t_ref]
+        if "same_step_spread" in q:
+            assert q["same_step_spread"] == pytest.approx(max(same) / min(same) - 1)
+        assert q.get("bf16_fraction", 0.0) <= 1.0
 
 
 def test_result_json_reads_from_the_results_folder_and_names_what_is_missing(tmp_path):

@@ -220,16 +220,31 @@ def roofline_caption(roof: dict) -> str:
             f"{peak['bfloat16']:.0f} GFLOP/s bf16")
 
 
+#: rows of a roofline that time one step where precision "auto" picks float32 (the default head's joint step)
+SAME_STEP = ("gradresnet-joint", "gradresnet-joint-float32", "gradresnet-stage1energy-joint")
+
+
 def roofline_ratios(roof: dict) -> dict[str, float]:
     """The ratios a roofline is read by: float32 autograd over the step ``cdn train`` runs
     (``speedup``), that step over the cross-entropy step (``joint_over_ce``), the float32 ceiling ``1 / (float32
     autograd's fraction of peak)`` (no float32 step can be faster than autograd by more), and, where measured,
     float32 autograd over the closed forms of the norms only (``speedup_norms_only``) and over all closed forms
-    in float32 (``speedup_float32``)."""
+    in float32 (``speedup_float32``); the FLOPs of a joint step over a cross-entropy step (``flop_ratio``), the
+    spread ``max / min - 1`` of the times of ``SAME_STEP`` rows present (``same_step_spread``: the noise between
+    processes, where "auto" picks float32), and the highest fraction of the bf16 peak a bf16 row reaches
+    (``bf16_fraction``)."""
     rs = roof["summary"]
     t = {r["case"]: r["seconds_per_step"] for r in roof["rows"]}
+    flops = {r["case"]: r.get("gflop_per_step") for r in roof["rows"]}
     out = {"speedup": rs["joint_reference_over_joint"], "joint_over_ce": rs["joint_over_ce"],
-           "float32_ceiling": 1 / rs["fraction_of_peak"]["gradresnet-joint-reference"]}
+           "float32_ceiling": 1 / rs["fraction_of_peak"]["gradresnet-joint-reference"],
+           "flop_ratio": flops["gradresnet-joint"] / flops["gradresnet-ce"]}
+    same = [t[c] for c in SAME_STEP if c in t]
+    if len(same) > 1 and all(r.get("precision") == "float32" for r in roof["rows"] if r["case"] in SAME_STEP):
+        out["same_step_spread"] = max(same) / min(same) - 1
+    bf16 = [rs["fraction_of_peak"][r["case"]] for r in roof["rows"] if r.get("precision") == "bf16"]
+    if bf16:
+        out["bf16_fraction"] = max(bf16)
     if "gradresnet-joint-float32-norms-only" in t:
         out["speedup_norms_only"] = t["gradresnet-joint-reference"] / t["gradresnet-joint-float32-norms-only"]
         out["speedup_float32"] = t["gradresnet-joint-reference"] / t["gradresnet-joint-float32"]
