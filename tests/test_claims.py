@@ -165,6 +165,31 @@ def test_the_readme_cpu_table_is_the_one_the_committed_results_give():
     assert "| gradresnet |" in block
 
 
+def test_the_readme_joint_search_tables_are_the_ones_the_committed_files_give():
+    """The README's tables of the joint-model search and its confirmation are written from results/joint-*.json."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    for marker in claims.JOINT_TABLES:
+        assert claims.readme_table(readme, marker) == claims.joint_table(marker), "run: python -m cdn claims --readme"
+    assert "| **" in claims.readme_table(readme, "joint-search")  # the rule's choice is marked
+
+
+def test_the_joint_search_table_reads_each_row_and_marks_the_choice(tmp_path):
+    from cdn.experiments import joint_search
+
+    row = {"candidate": "a", "model": "gradresnet-stage1energy", "overrides": {}, "epochs": 3.0, "clean_accuracy": 0.5,
+           "accuracy_sigma_0.2": 0.4, "network_psnr_0.1": 25.0, "grad_ce": 2.0, "grad_dsm": 0.5, "train_time_s": 600,
+           "denoising": [{"sigma": s, "D(y)": 20 + 10 * s, "noisy": 20.0, "energy alone": 25.0, "features alone": 20.0,
+                          "stem energy alone": 21.0, "D(y,c)": 25.01, "D(y,wrong c)": 25.0} for s in (0.05, 0.1, 0.2)]}
+    ref = {"candidate": "b", "model": "unet", "overrides": {}, "epochs": 3.0, "train_time_s": 60,
+           "denoising_full_test": [{"sigma": s, "D(y)": 30.0} for s in (0.05, 0.1, 0.2)]}
+    (tmp_path / "joint-search.json").write_text(json.dumps({"meta": {}, "rows": [row, ref], "chosen": "a"}))
+    lines = claims.joint_table("joint-search", tmp_path).splitlines()
+    assert lines[2].startswith("| **a** | 16 | 50.0% | 40.0% | 20.50 | 21.00 | 22.00 | 25.00 | +4.00 | +0.010 | 2.0 / 0.50 | 10 min |")
+    assert lines[3].startswith("| b | 16 | – | – | 30.00 | 30.00 | 30.00 | – | – | – | – | 1 min |")
+    with pytest.raises(ValueError, match="joint-confirm"):
+        claims.readme_table("no tables here", "joint-confirm")
+
+
 def test_a_readme_without_the_block_is_a_clear_error():
     with pytest.raises(ValueError, match="claims:start"):
         claims.readme_block("# no ledger here\n")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..experiments import joint_search
 from ..experiments.attacks import CHECK_EPS
 from ..experiments.efficiency import race_file
 from ..experiments.robustness import result_path as robustness_path
@@ -416,18 +417,39 @@ def _replace_block(text: str, start: str, end: str, new: str) -> str:
     return f"{before}{start}\n{new}{end}{rest.split(end, 1)[1]}"
 
 
+#: the README's tables of the joint-model search (3 epochs) and its ten-epoch confirmation: marker -> results file
+JOINT_TABLES = {"joint-search": joint_search.RESULTS_FILE, "joint-confirm": joint_search.CONFIRM_FILE}
+
+
+def joint_table(marker: str, results: str | Path | None = None) -> str:
+    """The README's table between ``<!-- marker -->`` and ``<!-- marker:end -->``: ``joint_search.markdown_table``
+    of the committed file ``JOINT_TABLES[marker]``."""
+    return joint_search.markdown_table(joint_search.load(JOINT_TABLES[marker], results))
+
+
+def readme_table(readme: str, marker: str) -> str:
+    """The text of ``readme`` between ``<!-- marker -->`` and ``<!-- marker:end -->``; ValueError if absent."""
+    start, end = f"<!-- {marker} -->", f"<!-- {marker}:end -->"
+    if start not in readme or end not in readme:
+        raise ValueError(f"README.md has no block between {start} and {end}")
+    return readme.split(start, 1)[1].split(end, 1)[0].strip("\n") + "\n"
+
+
 def write_readme(readme_path: str | Path, results: str | Path | None = None) -> bool:
-    """Rewrite the ledger block and the cpu table of ``readme_path`` from the committed results; True when
-    either changed."""
+    """Rewrite the ledger block, the cpu table and the joint-search tables of ``readme_path`` from the committed
+    results; True when any changed."""
     path = Path(readme_path)
     text = path.read_text()
     new = _replace_block(text, README_START, README_END, markdown(results=results))
     new = _replace_block(new, CPU_TABLE_START, CPU_TABLE_END, cpu_table(results))
+    for marker in JOINT_TABLES:
+        new = _replace_block(new, f"<!-- {marker} -->", f"<!-- {marker}:end -->", joint_table(marker, results))
     if new == text:
         return False
     path.write_text(new)
     return True
 
 
-__all__ = ["CLAIMS", "CPU_TABLE_MODELS", "Claim", "LEDGER_PROFILES", "accuracy", "committed_metrics", "cpu_table",
+__all__ = ["CLAIMS", "CPU_TABLE_MODELS", "Claim", "JOINT_TABLES", "LEDGER_PROFILES", "accuracy", "committed_metrics",
+           "cpu_table", "joint_table", "readme_table",
            "ledger", "ledger_frame", "low_resolution_verdict", "markdown", "runs_read", "psnr", "readme_block", "write_readme"]

@@ -304,6 +304,34 @@ def confirmation_report(confirm: dict, chosen: str | None = None, shortcut_metri
     return "\n".join(blocks)
 
 
+def markdown_table(results: dict) -> str:
+    """A results file (``load``) as the README's Markdown table, one row per candidate in the file's order: width,
+    clean accuracy and at sigma = 0.2, ``D(y)`` at every sigma (whole test set where the row has it, else the
+    decomposition's sample), the network's part at 0.1, what the blocks add over the stem's energy alone at 0.1,
+    ``D(y, c) - D(y, wrong c)`` at 0.1, ``|grad CE| / |grad lam DSM|`` at the last step, training minutes and the
+    machine; the candidate the amended rule chooses (``results["chosen"]``) in bold; "–" where not measured."""
+    import pandas as pd
+
+    def num(v, fmt):
+        return "–" if v is None or pd.isna(v) else format(v, fmt)
+
+    head = ("| candidate | width | clean acc | acc σ=0.2 | D(y) σ=0.05 | σ=0.1 | σ=0.2 | network part σ=0.1 | "
+            "blocks over stem σ=0.1 | D(y,c) − D(y,wrong c) σ=0.1 | ‖∇CE‖ / ‖∇λDSM‖ | training | machine |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r, (name, row) in zip(results.get("rows", []), table(results).iterrows()):
+        stem, part = row["stem energy alone σ=0.1"], row["network part σ=0.1"]
+        grads = f"{r['grad_ce']:.1f} / {r['grad_dsm']:.2f}" if r.get("grad_ce") and r.get("grad_dsm") else "–"
+        cells = [f"**{name}**" if name == results.get("chosen") else name, str(row["width"]),
+                 num(row["clean acc."], ".1%"), num(row["acc. σ=0.2"], ".1%"),
+                 *(num(row[f"D(y) σ={s:g}"], ".2f") for s in SIGMAS), num(part, ".2f"),
+                 num(part - stem if stem is not None and part is not None else None, "+.2f"),
+                 num(row["D(y,c) − D(y,wrong c) σ=0.1"], "+.3f"), grads,
+                 f"{r['train_time_s'] / 60:.0f} min", (r.get("machine") or "not recorded").removeprefix("cpu (")
+                 .removesuffix(")").replace("(R)", "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cdn joint-search", description=__doc__.split("\n\n")[0])
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES), metavar="NAME")
