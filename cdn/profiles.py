@@ -123,6 +123,7 @@ class Config:
     ema_decay: float | None = None       # exponential moving average of the weights, used for evaluation
     tta_flip: bool = False               # classification averages log p(c | y) and log p(c | flipped y)
     input_scaling: bool = False          # the net sees y / sqrt(1 + sigma^2) (EGC's variance-preserving input)
+    lam_balance_every: int = 0           # > 0: every that many steps lam moves toward equal gradient norms (cdn.train)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -147,6 +148,11 @@ class Config:
             raise ValueError(f"ema_decay must be None or a number in (0, 1), e.g. 0.999, got {self.ema_decay!r}")
         if not isinstance(self.tta_flip, bool):
             raise ValueError(f"tta_flip must be true or false, got {self.tta_flip!r}")
+        if not (isinstance(self.lam_balance_every, int) and self.lam_balance_every >= 0):
+            raise ValueError(f"lam_balance_every must be an integer >= 0 (0: lam fixed), got {self.lam_balance_every!r}")
+        if self.lam_balance_every and self.objective != "joint":
+            raise ValueError(f"lam_balance_every balances the joint loss's two terms; the objective of {self.model!r} "
+                             f"is {self.objective!r}")
         if self.input_scaling and not self.noise_conditioning:
             raise ValueError("input_scaling needs a noise-conditioned model (it scales y by sigma): e.g. --model egc")
 
@@ -178,7 +184,7 @@ class Config:
 
 #: fields added after runs of CODE_VERSION 3 were trained and committed: part of the hash only when
 #: set to a value other than their default (``Config.key``)
-HASHED_WHEN_SET = ("time_budget_s", "ema_decay", "tta_flip", "input_scaling")
+HASHED_WHEN_SET = ("time_budget_s", "ema_decay", "tta_flip", "input_scaling", "lam_balance_every")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
 #: the ``cpu`` profile's training length: every CIFAR-10 model for the same number of epochs, the paper's

@@ -13,6 +13,7 @@ process group is initialised (``cdn.distributed``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -219,6 +220,21 @@ def term_gradient_norms(loss_fn, net: torch.nn.Module, x: torch.Tensor, c: torch
                 v.copy_(buffers[k])
 
 
+#: gradient-norm balancing (``Config.lam_balance_every``): the fraction of the way, in log space, that lam moves
+#: toward the balanced value at each measurement (about ten measurements of memory: one batch's ratio is noisy)
+LAM_BALANCE_RATE = 0.1
+
+
+def balanced_lam(lam: float, grad_ce: float, grad_lam_dsm: float, rate: float = LAM_BALANCE_RATE) -> float:
+    """One step of gradient-norm balancing: ``log lam <- (1 - rate) log lam + rate log lam*`` with
+    ``lam* = lam ||grad_theta CE|| / ||grad_theta lam DSM||``, the weight at which the two terms' parameter gradients
+    have the same norm on the measured batch. Raises ``ValueError`` unless every input is finite and > 0."""
+    if not all(math.isfinite(v) and v > 0 for v in (lam, grad_ce, grad_lam_dsm)) or not 0 < rate <= 1:
+        raise ValueError(f"gradient-norm balancing needs lam, ||grad CE||, ||grad lam DSM|| finite and > 0 and a rate in "
+                         f"(0, 1]; got {lam!r}, {grad_ce!r}, {grad_lam_dsm!r}, {rate!r}")
+    return math.exp((1 - rate) * math.log(lam) + rate * math.log(lam * grad_ce / grad_lam_dsm))
+
+
 def set_cpu_threads() -> None:
     """One thread per available core (2 on the project's CI machine), or ``$OMP_NUM_THREADS`` when
     set: two processes with 2 threads each on 2 cores run many times slower than with 1 each."""
@@ -342,6 +358,11 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
         tensors, meta = found
         start = restore_training_checkpoint(tensors, meta, net, optimizer, generator, info.rank)
         elapsed = float(meta.get("elapsed_s", 0.0))
+        if config.lam_balance_every:
+            if "lam" not in meta:
+                raise CheckpointError(f"the checkpoint of step {start} in {run_dir / 'ckpt'} has no balanced lam, "
+                                      "which config.lam_balance_every needs to resume exactly")
+            loss_fn = dataclasses.replace(loss_fn, lam=float(meta["lam"]))
         if ema is not None:
             saved = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")}
             if saved.keys() != ema.keys():
@@ -412,6 +433,12 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = lr_at(step, config, elapsed) if timed else lr_at(step, config)
+            if config.lam_balance_every and step % config.lam_balance_every == 0:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    norms = term_gradient_norms(loss_fn, net, x, c, config.seed, step)
+                # rank 0's lam on every rank, to the nanounit (its ranks measure different shards)
+                lam = balanced_lam(loss_fn.lam, norms["grad_ce"], norms["grad_dsm"])
+                loss_fn = dataclasses.replace(loss_fn, lam=D.broadcast_int(round(lam * 1e9), info, device) / 1e9)
 
             def check(loss):
                 nonlocal stop
@@ -440,6 +467,8 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
                 row = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "lr": lr,
                        **{k: float(v) / n_last for k, v in means.items()},
                        "images_per_s": n_last * bs / max(now - t_last, 1e-9), "elapsed_s": round(elapsed, 3)}
+                if config.lam_balance_every:
+                    row["lam"] = loss_fn.lam
                 if main and hasattr(loss_fn, "gradient_norms") and ((step + 1) % config.checkpoint_every == 0 or last):
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                         row.update(term_gradient_norms(loss_fn, net, x, c, config.seed, step))
@@ -456,7 +485,8 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
                     ema_tensors = None if ema is None else {f"ema/{k}": v for k, v in ema.items()}
                     save_training_checkpoint(run_dir / "ckpt", step + 1, net, optimizer, states,
                                              {"elapsed_s": elapsed, "run": config.run_name(),
-                                              "autocast": "bf16" if use_amp else "float32"},
+                                              "autocast": "bf16" if use_amp else "float32",
+                                              **({"lam": loss_fn.lam} if config.lam_balance_every else {})},
                                              extra_tensors=ema_tensors)
                 D.barrier(info)
                 last_good = step + 1
@@ -482,6 +512,8 @@ def _train(config: Config, run_dir: str | Path, train_set: ImageDataset, device=
              "second_order": second_order.DESCRIPTION if fast else "autograd"}
     if timed:
         state["time_budget_s"] = config.time_budget_s
+    if config.lam_balance_every:
+        state["lam_final"] = loss_fn.lam
     if preempted:
         state["preempted"] = True
     if main:

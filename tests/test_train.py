@@ -52,6 +52,38 @@ def test_resume_is_exact(tmp_path):
     assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-6)
 
 
+def test_balanced_lam_moves_toward_equal_gradient_norms():
+    from cdn.train import balanced_lam
+
+    assert balanced_lam(3.0, 2.0, 2.0) == pytest.approx(3.0)  # equal norms: a fixed point
+    # ||grad CE|| = 4 ||grad lam DSM||: the balanced lam is 4 lam, reached in log space at the given rate
+    assert balanced_lam(1.0, 4.0, 1.0, rate=1.0) == pytest.approx(4.0)
+    assert balanced_lam(1.0, 4.0, 1.0, rate=0.5) == pytest.approx(2.0)
+    assert 1.0 < balanced_lam(1.0, 4.0, 1.0) < 4.0 and balanced_lam(1.0, 1.0, 4.0) < 1.0
+    for bad in ((0.0, 1.0, 1.0), (1.0, float("nan"), 1.0), (1.0, 1.0, 0.0)):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            balanced_lam(*bad)
+    with pytest.raises(ValueError, match="lam_balance_every"):
+        _cfg(lam_balance_every=-1)
+    with pytest.raises(ValueError, match="joint loss"):
+        get_config("smoke", "resnet18", "synthetic", lam_balance_every=5)
+
+
+def test_balanced_lam_is_logged_and_resumes_exactly(tmp_path):
+    config = _cfg(steps=12, checkpoint_every=4, log_every=2, train_size=128, lam_balance_every=2)
+    assert config.run_name() != _cfg(steps=12, checkpoint_every=4, log_every=2, train_size=128).run_name()
+    data = resolve_data(config)
+    once = train(config, tmp_path / "once", data.train, device="cpu", progress=False)
+    train(config, tmp_path / "twice", data.train, device="cpu", progress=False, stop_after=6)
+    twice = train(config, tmp_path / "twice", data.train, device="cpu", progress=False)
+    a = load_file(str(tmp_path / "once" / "model.safetensors"))
+    b = load_file(str(tmp_path / "twice" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lams = [r["lam"] for r in read_log(tmp_path / "once")]
+    assert lams == [r["lam"] for r in read_log(tmp_path / "twice")]
+    assert lams[-1] != config.lam and once["lam_final"] == twice["lam_final"] == lams[-1]
+
+
 def test_resume_with_batchnorm_baseline_is_exact(tmp_path):
     config = get_config("smoke", "resnet18-noise", "synthetic", steps=8, checkpoint_every=3, train_size=128)
     data = resolve_data(config)

@@ -79,6 +79,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     # of clean accuracy) at the ten-epoch rule's lam
     "stage-1 log-energy, lam 3, log-normal sigma, cross-entropy on clean and noisy": (
         "gradresnet-stage1energy", {"lam": 3.0, "sigma_distribution": "log_normal", "ce_on": "both"}),
+    # lam set during training so that the two terms' parameter gradients have equal norms (cdn.train.balanced_lam,
+    # measured every 10 steps), starting from lam 3
+    "stage-1 log-energy, lam balanced by gradient norms": ("gradresnet-stage1energy",
+                                                           {"lam": 3.0, "lam_balance_every": 10}),
     "stage-1 log-energy, lam 10, width 32": ("gradresnet-stage1energy", {"lam": 10.0, "width": 32}),
     "stage-1 log-energy, lam 10, noise-conditioned": ("gradresnet-cond", {"lam": 10.0}),
     "cross-entropy on the same noisy images, width 32": ("gradresnet-ce-noisy", {"width": 32}),
