@@ -42,3 +42,18 @@ def test_dncnn_trains_as_a_model_of_cdn(tmp_path):
     assert state["finished"] and isinstance(build_net("dncnn", 4, 3, 4), DnCNN)
     with pytest.raises(ValueError, match="depth >= 3"):
         DnCNN(3, 4, depth=2)
+
+
+def test_init_probe_measures_the_last_relu_layer_and_the_loss_against_the_identity():
+    from cdn.experiments.dncnn_init import init_probe
+
+    images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    # untrained, last convolution at zero: D is exactly the identity
+    start = init_probe(images, 0, zero_last=True, width=4, batch=4)
+    assert start["loss_over_identity"] == pytest.approx(1.0, abs=1e-12)
+    assert 0.0 <= start["last_relu_active"] <= 1.0
+    trained = init_probe(images, 20, zero_last=True, width=4, batch=4)
+    assert trained["loss_over_identity"] != start["loss_over_identity"]
+    assert init_probe(images, 20, zero_last=False, width=4, batch=4) != trained  # PyTorch's initialisation
+    with pytest.raises(ValueError, match="N >= 2 \\* batch"):
+        init_probe(images[:6], 1, zero_last=True, batch=4)
