@@ -83,6 +83,11 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     # measured every 10 steps), starting from lam 3
     "stage-1 log-energy, lam balanced by gradient norms": ("gradresnet-stage1energy",
                                                            {"lam": 3.0, "lam_balance_every": 10}),
+    # the energy of the later public GradResNet of the authors' group (post-activation blocks, homogeneous
+    # GroupNorm, side connections concatenated, E = s mean(phi^2) / 2 of the pooled features), noise-conditioned:
+    # a quadratic energy of degree-1 features has a score of degree 1, which a noise-blind net cannot rescale
+    "the later network's quadratic energy, noise-conditioned": ("gradresnet-homog-quadratic",
+                                                                 {"noise_conditioning": True}),
     "stage-1 log-energy, lam 10, width 32": ("gradresnet-stage1energy", {"lam": 10.0, "width": 32}),
     "stage-1 log-energy, lam 10, noise-conditioned": ("gradresnet-cond", {"lam": 10.0}),
     "cross-entropy on the same noisy images, width 32": ("gradresnet-ce-noisy", {"width": 32}),
