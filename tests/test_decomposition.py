@@ -165,6 +165,26 @@ def test_a_search_candidate_is_measured_with_its_decomposition(name):
         assert row["network_psnr_0.1"] == den[0.1]["features alone"] and "grad_ce" not in row
 
 
+@pytest.mark.parametrize("name", ["stage-1 log-energy, lam balanced by gradient norms",
+                                  "the later network's quadratic energy, noise-conditioned",
+                                  "stage-1 log-energy, lam 10, noise-conditioned"])
+def test_the_later_candidates_are_measured(name):
+    from cdn.experiments import joint_search
+
+    budget = dict(width=4, steps=4, train_size=64, test_size=32, batch_size=8, checkpoint_every=2, log_every=2,
+                  warmup_steps=1, precision="float32")
+    row = joint_search.measure(name, profile="smoke", dataset="synthetic", budget=budget)
+    assert 0 <= row["clean_accuracy"] <= 1 and row["grad_ce"] > 0 and row["grad_dsm"] > 0
+    den = {r["sigma"]: r for r in row["denoising"]}
+    assert set(den) == set(joint_search.SIGMAS) and "network_psnr_0.1" in row
+    if "balanced" in name:  # the lam the balancing reached is recorded, and it moved from where it started
+        assert row["lam_final"] > 0 and row["lam_final"] != joint_search.CANDIDATES[name][1]["lam"]
+    else:
+        assert "lam_final" not in row
+    if "quadratic" in name:
+        assert row["energy_source"] == "the pooled features"
+
+
 def test_the_search_table_reads_each_row_of_the_results_file(tmp_path):
     from cdn.experiments import joint_search
 

@@ -138,6 +138,8 @@ def measure(name: str, data_dir=None, device: str = "cpu", profile: str = "quick
     if "classification" in metrics:
         row["clean_accuracy"] = metrics["classification"][0]["accuracy"]
         row["accuracy_sigma_0.2"] = metrics["classification"][1]["accuracy"]
+    if "lam_final" in run.state:  # lam balanced by gradient norms (cdn.train.balanced_lam): the value it reached
+        row["lam_final"] = run.state["lam_final"]
     grads = [r for r in log if "grad_ce" in r]
     if grads:
         row["grad_ce"], row["grad_dsm"] = grads[-1]["grad_ce"], grads[-1]["grad_dsm"]
