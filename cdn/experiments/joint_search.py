@@ -320,7 +320,8 @@ def markdown_table(results: dict) -> str:
     clean accuracy and at sigma = 0.2, ``D(y)`` at every sigma (whole test set where the row has it, else the
     decomposition's sample), the network's part at 0.1, what the blocks add over the stem's energy alone at 0.1,
     ``D(y, c) - D(y, wrong c)`` at 0.1, ``|grad CE| / |grad lam DSM|`` at the last step, training minutes and the
-    machine; the candidate the amended rule chooses (``results["chosen"]``) in bold; "–" where not measured."""
+    machine; the candidate the amended rule chooses (``results["chosen"]``) in bold, and the lam a balanced candidate
+    reached beside its name; "–" where not measured."""
     import pandas as pd
 
     def num(v, fmt):
@@ -332,7 +333,8 @@ def markdown_table(results: dict) -> str:
     for r, (name, row) in zip(results.get("rows", []), table(results).iterrows()):
         stem, part = row["stem energy alone σ=0.1"], row["network part σ=0.1"]
         grads = f"{r['grad_ce']:.1f} / {r['grad_dsm']:.2f}" if r.get("grad_ce") and r.get("grad_dsm") else "–"
-        cells = [f"**{name}**" if name == results.get("chosen") else name, str(row["width"]),
+        label = name + (f" (λ reached {r['lam_final']:.3g})" if r.get("lam_final") else "")
+        cells = [f"**{label}**" if name == results.get("chosen") else label, str(row["width"]),
                  num(row["clean acc."], ".1%"), num(row["acc. σ=0.2"], ".1%"),
                  *(num(row[f"D(y) σ={s:g}"], ".2f") for s in SIGMAS), num(part, ".2f"),
                  num(part - stem if stem is not None and part is not None else None, "+.2f"),
