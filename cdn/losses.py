@@ -161,12 +161,19 @@ class JointLoss:
 
 @dataclass(frozen=True)
 class CrossEntropyLoss:
-    """Cross-entropy of a classifier; with ``noise`` set, on ``y = x + sigma * eps`` with sigma from
-    the sampler (Gaussian-noise augmentation, the baseline of randomized smoothing)."""
+    """Cross-entropy of a classifier; with ``sampler`` set, on ``y = x + sigma * eps`` with sigma from
+    the sampler (Gaussian-noise augmentation, the baseline of randomized smoothing); with ``also_clean``,
+    ``(CE(y) + CE(x)) / 2``, the classifier term of ``JointLoss(ce_on="both")`` without score matching."""
 
     sampler: SigmaSampler | None = None
+    also_clean: bool = False
+
+    def __post_init__(self):
+        if self.also_clean and self.sampler is None:
+            raise ValueError("also_clean averages the cross-entropy of noisy and clean images: it needs a sampler")
 
     def __call__(self, model: JointModel, x: torch.Tensor, c: torch.Tensor, generator=None):
+        clean = x
         if self.sampler is not None:
             sigma = self.sampler(x.shape[0], generator, x.device)
             x, _ = add_noise(x, sigma, generator)
@@ -174,6 +181,8 @@ class CrossEntropyLoss:
             sigma = torch.zeros(x.shape[0], device=x.device)
         logits = model.logits(x, sigma).float()
         ce = F.cross_entropy(logits, c)
+        if self.also_clean:
+            ce = 0.5 * (ce + F.cross_entropy(model.logits(clean, torch.zeros_like(sigma)).float(), c))
         acc = (logits.argmax(1) == c).float().mean()
         return ce, {"ce": ce.detach(), "acc": acc.detach()}
 

@@ -66,7 +66,10 @@ def make_loss(config: Config):
     if config.objective == "ce":
         return CrossEntropyLoss(None)
     if config.objective == "ce_noisy":
-        return CrossEntropyLoss(sampler)
+        if config.ce_on == "clean":
+            raise ValueError("cross-entropy on the joint model's noisy images (ce_noisy) takes ce_on 'noisy' or "
+                             "'both'; for clean images alone use the model gradresnet-ce")
+        return CrossEntropyLoss(sampler, also_clean=config.ce_on == "both")
     if config.objective == "ce_noise":
         return CrossEntropyLoss(SigmaSampler(1e-3, config.noise_sigma_max, "uniform", clean_fraction=0.2))
     if config.objective == "mollify":

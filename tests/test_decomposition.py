@@ -235,6 +235,13 @@ def test_search_comparisons_pair_each_candidate_with_its_own_width():
     assert out["joint32"]["psnr_vs_shortcut"] == {s: pytest.approx(1.0) for s in js.SIGMAS}
     assert out["joint16"]["stem_gain_0.1"] == pytest.approx(1.0) and out["joint16"]["grad_ratio"] == 2.0
     assert js.table(results).loc["joint32", "width"] == 32
+    # a joint row that also sees clean images with another sigma law is read against the baseline that does too
+    both = {"ce_on": "both", "sigma_distribution": "log_normal"}
+    matched = dict(row("ce16-both", js.NOISY_CE, 0.61), overrides=both)
+    joint_both = dict(row("joint16-both", "gradresnet-stage1energy", 0.62), overrides=dict(both, lam=3.0))
+    rows = results["rows"] + [matched, joint_both]
+    assert js.noisy_ce_reference(joint_both, rows) is matched
+    assert js.noisy_ce_reference(results["rows"][3], rows)["candidate"] == "ce16"
 
 
 def test_the_amended_rule_chooses_among_candidates_of_the_profiles_width():

@@ -81,6 +81,28 @@ def test_baseline_losses():
     assert torch.isfinite(loss) and loss > 0
 
 
+def test_cross_entropy_on_clean_and_noisy_images_is_the_mean_of_the_two():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x, c = torch.rand(8, 3, 16, 16), torch.randint(0, 4, (8,))
+    model = JointModel(GradResNet(4, 3, 4)).eval()
+    sampler = SigmaSampler(0.01, 0.5, "uniform")
+    both, _ = CrossEntropyLoss(sampler, also_clean=True)(model, x, c, torch.Generator().manual_seed(1))
+    noisy, _ = CrossEntropyLoss(sampler)(model, x, c, torch.Generator().manual_seed(1))
+    clean = F.cross_entropy(model.logits(x).float(), c)
+    torch.testing.assert_close(both, (noisy + clean) / 2)
+    with pytest.raises(ValueError, match="needs a sampler"):
+        CrossEntropyLoss(None, also_clean=True)
+    from cdn.profiles import get_config
+    from cdn.train import make_loss
+
+    assert make_loss(get_config("smoke", "gradresnet-ce-noisy", ce_on="both")).also_clean
+    assert not make_loss(get_config("smoke", "gradresnet-ce-noisy")).also_clean
+    with pytest.raises(ValueError, match="gradresnet-ce"):
+        make_loss(get_config("smoke", "gradresnet-ce-noisy", ce_on="clean"))
+
+
 def test_log_normal_sampler_is_edms_on_the_unit_pixel_scale():
     """ln sigma ~ N(-1.2 - ln 2, 1.2^2), clipped: median exp(-1.2 - ln 2) = 0.151, and
     P(sigma < 0.03) = Phi((ln 0.03 + 1.2 + ln 2) / 1.2) = 0.089 (log-uniform on [1e-3, 1]: 0.49)."""

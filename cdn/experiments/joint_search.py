@@ -92,6 +92,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "stage-1 log-energy, lam 10, noise-conditioned": ("gradresnet-cond", {"lam": 10.0}),
     "cross-entropy on the same noisy images, width 32": ("gradresnet-ce-noisy", {"width": 32}),
     "last-stage log-energy": ("gradresnet-stage4energy", {}),
+    # the baseline of the row above: its classifier term (clean and noisy images, log-normal sigma) without score
+    # matching
+    "cross-entropy on clean and noisy images, log-normal sigma": ("gradresnet-ce-noisy",
+                                                                  {"ce_on": "both", "sigma_distribution": "log_normal"}),
     # references for the confirmation budget
     "cross-entropy on clean images": ("gradresnet-ce", {}),
     "UNet (denoising only)": ("unet", {}),
@@ -187,10 +191,20 @@ def width_of(row: dict) -> int:
     return int(row.get("overrides", {}).get("width", 16))
 
 
+#: the settings a cross-entropy baseline must share with a joint row to be its reference: the images it sees
+MATCHED_SETTINGS = ("ce_on", "sigma_distribution")
+
+
 def noisy_ce_reference(row: dict, rows: list[dict]) -> dict | None:
     """The row of ``rows`` that trained the same network width on cross-entropy alone on the joint model's noisy
-    images (``NOISY_CE``): the baseline that separates what score matching adds from noise augmentation."""
-    return next((r for r in rows if r["model"] == NOISY_CE and width_of(r) == width_of(row)), None)
+    images (``NOISY_CE``): the baseline that separates what score matching adds from noise augmentation. Among
+    several, the one whose ``MATCHED_SETTINGS`` overrides equal the row's (the same images: clean ones too, the same
+    sigma law)."""
+    def settings(r):
+        return {k: r.get("overrides", {}).get(k) for k in MATCHED_SETTINGS}
+
+    same_width = [r for r in rows if r["model"] == NOISY_CE and width_of(r) == width_of(row)]
+    return next((r for r in same_width if settings(r) == settings(row)), same_width[0] if same_width else None)
 
 
 def search_comparisons(results: dict) -> list[dict]:
@@ -299,7 +313,8 @@ def confirmation_report(confirm: dict, chosen: str | None = None, shortcut_metri
             if name in rows:
                 lines.append(f"  against {label}: " + _gaps(mine, full_test_psnr(rows[name]))
                              + (f" (caution: {rows[name]['note']})" if rows[name].get("note") else ""))
-        for name in ("cross-entropy on the same noisy images", "cross-entropy on clean images"):
+        for name in ("cross-entropy on the same noisy images", "cross-entropy on clean and noisy images, log-normal sigma",
+                     "cross-entropy on clean images"):
             if name in rows:
                 ref = rows[name]["clean_accuracy"]
                 lines.append(f"  clean accuracy against {name}: {100 * (joint['clean_accuracy'] - ref):+.2f} points "
