@@ -251,7 +251,8 @@ def load(name: str | Path, results_dir: str | Path | None = None) -> dict:
 def table(results: dict):
     """One row per candidate: accuracy, the PSNR (dB) of ``D(y)`` at every sigma (on the whole test set where the
     row has it, ``denoising_full_test``, else on the decomposition's subset), of each part of the denoiser
-    and of ``D(y, c)`` against ``D(y, wrong c)`` at sigma = 0.1, and the two loss terms' gradient norms."""
+    and of ``D(y, c)`` against ``D(y, wrong c)`` at sigma = 0.1, the two loss terms' gradient norms, and the lam a
+    balanced candidate reached (``lam_final``)."""
     import pandas as pd
 
     out = {}
@@ -267,7 +268,7 @@ def table(results: dict):
                     "features alone σ=0.1": mid.get("features alone"), "network part σ=0.1": r.get("network_psnr_0.1"),
                     "stem energy alone σ=0.1": mid.get("stem energy alone"),
                     "D(y,c) − D(y,wrong c) σ=0.1": (mid["D(y,c)"] - mid["D(y,wrong c)"]) if mid else None,
-                    "|∇θ CE|": r.get("grad_ce"), "|∇θ λ DSM|": r.get("grad_dsm"),
+                    "|∇θ CE|": r.get("grad_ce"), "|∇θ λ DSM|": r.get("grad_dsm"), "λ reached": r.get("lam_final"),
                     "energy from": r.get("energy_source") or ""})
         out[r["candidate"]] = row
     return pd.DataFrame.from_dict(out, orient="index")
