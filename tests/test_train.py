@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from cdn.checkpoint import CheckpointError, load_tensors
 from cdn.evaluate import classification_vs_sigma, joint_denoisers, psnr_vs_sigma
-from cdn.profiles import get_config
+from cdn.profiles import FIRST_JOINT_SETTINGS, get_config
 from cdn.runs import get_or_train, load_run, resolve_data
 from cdn.train import lr_at, read_log, train
 
@@ -163,10 +163,28 @@ def test_existing_run_names_are_stable():
     """Run directories are named by the configuration's hash: a change to Config (a new field, a
     new default) renames every run, and every chapter would silently retrain. Adding a model must
     not; update this name only with an intended change of a model or a CODE_VERSION bump. The joint
-    model ``gradresnet`` changed its architecture (cdn.profiles.JOINT_ARCH, issue 22) and then its lam
-    (cdn.profiles.JOINT_LAM): its name changed with each, and the first default keeps its old name under another
-    model name, with the same architecture; the exercises keep lam = 1 and their names."""
-    assert get_config("quick", "gradresnet", "cifar10").run_name() == "cifar10-gradresnet-quick-56ea844d5d"
-    assert get_config("quick", "gradresnet", "cifar10", lam=1.0).run_name() == "cifar10-gradresnet-quick-1ff9657fbe"
+    model ``gradresnet`` changed its architecture (cdn.profiles.JOINT_ARCH, issue 22), then its lam
+    (cdn.profiles.JOINT_LAM), then its sigma law and the images its cross-entropy sees (cdn.profiles.JOINT_SETTINGS):
+    its name changed with each, and the first default keeps its old name under another model name, with the same
+    architecture; each earlier setting keeps its name when set explicitly; the exercises keep their names."""
+    assert get_config("quick", "gradresnet", "cifar10").run_name() == "cifar10-gradresnet-quick-bcf2152ac1"
+    assert get_config("quick", "gradresnet", "cifar10", lam=3.0, sigma_distribution="log_uniform",
+                      ce_on="noisy").run_name() == "cifar10-gradresnet-quick-56ea844d5d"
+    assert get_config("quick", "gradresnet", "cifar10",
+                      **FIRST_JOINT_SETTINGS).run_name() == "cifar10-gradresnet-quick-1ff9657fbe"
     assert get_config("quick", "gradresnet-logenergy", "cifar10").arch == "gradresnet"
     assert get_config("quick", "resnet18", "cifar10").run_name() == "cifar10-resnet18-quick-4039b818b1"  # unchanged
+
+
+def test_race_and_exercises_keep_their_committed_runs():
+    """The efficiency race and the exercises train with the joint model's first settings
+    (cdn.profiles.FIRST_JOINT_SETTINGS): a change of the default does not rename their committed runs
+    (results/efficiency/quick-joint-b90b61cae3.json, results/quick-cifar10/gradresnet-d081942a07)."""
+    from cdn.book import exercises
+    from cdn.experiments.efficiency import race_config, race_file
+
+    assert race_file("quick", "joint").name == "quick-joint-b90b61cae3.json"
+    assert (race_config("quick").lam, race_config("quick").sigma_distribution, race_config("quick").ce_on) == \
+        (1.0, "log_uniform", "noisy")
+    assert exercises.config("quick", "gradresnet", "cifar10").key() == "d081942a07"
+    assert exercises.config("quick", "gradresnet", "cifar10", lam=0.1).key() == "4a8101cff4"

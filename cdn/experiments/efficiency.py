@@ -28,7 +28,7 @@ from ..checkpoint import atomic_write_text
 from ..data import ImageDataset, epoch_permutation, fast_batch
 from ..joint import JointModel
 from ..losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss
-from ..profiles import CODE_VERSION, JOINT_ARCH, Config, experiment_sizes, get_config, sizes_profile
+from ..profiles import CODE_VERSION, FIRST_JOINT_SETTINGS, JOINT_ARCH, Config, experiment_sizes, get_config, sizes_profile
 from ..committed import results_root
 from ..runs import resolve_data, runs_root
 from ..train import default_device, make_loss, make_net, make_optimizer, set_cpu_threads, train_step
@@ -123,18 +123,20 @@ RACE_MODELS: dict[str, tuple[str, str, float | None]] = {
 }
 
 
-#: the weight of score matching in the race's joint model: the committed race (results/efficiency/) was measured
-#: with lam = 1, the default's balance before chapter 10's rule chose ``cdn.profiles.JOINT_LAM``; lam changes the
-#: balance of the two loss terms, not the cost of a step, which is what the race compares
-RACE_LAM = 1.0
+#: the race's joint model trains with the joint settings before chapter 10's rule chose ``cdn.profiles.JOINT_SETTINGS``
+#: (lam = 1, log-uniform sigma, cross-entropy on the noisy image): the committed race (results/efficiency/) was measured
+#: with them. lam and the sigma law change the balance of the two loss terms, not the cost of a step, which is what the
+#: race compares; the default's cross-entropy on the clean image as well adds one forward and backward pass of the
+#: classifier to each step
+RACE_SETTINGS = FIRST_JOINT_SETTINGS
 
 
 def race_config(profile: str, seed: int = 0) -> Config:
     """The joint model's configuration that the race of ``profile`` starts from (its "efficiency" sizes,
-    ``cdn.profiles.experiment_sizes``, and ``lam = RACE_LAM``)."""
+    ``cdn.profiles.experiment_sizes``, and ``RACE_SETTINGS``)."""
     s = experiment_sizes(profile, "efficiency")
     return get_config(profile, "gradresnet", "cifar10", width=s["width"], batch_size=s["batch_size"],
-                      test_size=s["test_size"], lr=s["lr"], warmup_steps=s["warmup_steps"], lam=RACE_LAM, seed=seed)
+                      test_size=s["test_size"], lr=s["lr"], warmup_steps=s["warmup_steps"], seed=seed, **RACE_SETTINGS)
 
 
 def race_file(profile: str, name: str, seed: int = 0, device_type: str = "cpu", config: Config | None = None) -> Path:

@@ -98,7 +98,10 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                                                                   {"ce_on": "both", "sigma_distribution": "log_normal"}),
     # references for the confirmation budget
     "cross-entropy on clean images": ("gradresnet-ce", {}),
-    "UNet (denoising only)": ("unet", {}),
+    # the UNet's first recipe, the log-uniform sigma (its rows were measured with it), and the UNet as the profiles
+    # train it since the joint model's sigma law changed: the same law as the joint model's
+    "UNet (denoising only)": ("unet", {"sigma_distribution": "log_uniform"}),
+    "UNet (denoising only), log-normal sigma": ("unet", {"sigma_distribution": "log_normal"}),
     # the DnCNN as cdn.profiles trains it now: DnCNN-B's recipe (sigma uniform in [0, 55/255], unweighted MSE,
     # lr 1e-3) and its last convolution initialised at zero. The rows "DnCNN, DnCNN-B's recipe" and "DnCNN,
     # unweighted MSE" of results/joint-search.json, and the 10-epoch "DnCNN (denoising only)" row of
