@@ -7,7 +7,8 @@ machine with a bf16 unit, and for the joint loss the closed-form second derivati
 ``cdn.nets.second_order`` where ``cdn train`` would use them; option ``reference``: plain float32
 autograd instead; option ``precision``: "float32" or "bf16" forced; option ``autograd``: PyTorch's own
 second derivatives; option ``conv_autograd``: the closed forms of GroupNorm and GELU only, PyTorch's
-convolutions), ``matmul`` (one 2048 x 2048
+convolutions; option ``default_loss``: the loss of the model ``gradresnet`` as ``cdn train`` builds it,
+``cdn.train.make_loss``, instead of ``JointLoss()``'s first settings), ``matmul`` (one 2048 x 2048
 matrix product in ``options["dtype"]``: the machine's attainable peak, the roofline's ceiling), ``jem`` (one update of ``cdn.experiments.jem.JEMTrainer`` with
 ``options["k"]`` SGLD steps), ``infer_classify`` / ``infer_denoise`` (per-batch inference),
 ``joint_func`` (the same joint step written with ``torch.func``, ``cdn.experiments.compiled_loss``),
@@ -33,6 +34,9 @@ CASES = [  # name, architecture, objective, options
     ("gradresnet-joint-float32-norms-only", "gradresnet", "joint", {"precision": "float32", "conv_autograd": True}),
     ("gradresnet-stage1energy-joint", "gradresnet-stage1energy", "joint", {}),
     ("gradresnet-stage1energy-joint-reference", "gradresnet-stage1energy", "joint", {"reference": True}),
+    # the joint model as cdn train trains it (cdn.profiles.JOINT_SETTINGS: cross-entropy on the clean image as well,
+    # one more forward and backward pass of the classifier per step)
+    ("gradresnet-default-joint", "gradresnet-stage1energy", "joint", {"default_loss": True}),
     ("matmul-float32", None, "matmul", {"dtype": "float32"}),
     ("matmul-bf16", None, "matmul", {"dtype": "bfloat16"}),
     ("resnet18-ce", "resnet18", "ce", {}),
@@ -90,7 +94,7 @@ def _one(args) -> dict:
     from cdn.nets.second_order import use_second_order
     from cdn.experiments.per_image_loader import plain_loader
     from cdn.profiles import get_config
-    from cdn.train import autocast_bf16, train_step
+    from cdn.train import autocast_bf16, make_loss, train_step
 
     if options.get("threads"):
         torch.set_num_threads(options["threads"])
@@ -126,6 +130,8 @@ def _one(args) -> dict:
     fast = (training and not options.get("reference") and not options.get("autograd")
             and use_second_order(objective, dev))
     loss_fn = {"ce": CrossEntropyLoss(), "joint": JointLoss(), "mse": DenoisingMSELoss()}.get(objective)
+    if options.get("default_loss"):  # the loss of the model gradresnet, as cdn train builds it
+        loss_fn = make_loss(get_config("quick", "gradresnet"))
 
     def step():
         if objective == "data_fast":
@@ -163,7 +169,7 @@ def _one(args) -> dict:
     if training:
         row.update(precision="bf16" if use_amp else "float32",
                    second_order=(second_order.DESCRIPTION if second_order.CONV else "closed form (GroupNorm, GELU compiled)") if fast else "autograd",
-                   gflop_per_step=step_flops(objective, arch, width, size, batch) / 1e9)
+                   gflop_per_step=step_flops(objective, arch, width, size, batch, getattr(loss_fn, "ce_on", "noisy")) / 1e9)
     t0 = time.perf_counter()
     try:
         step()

@@ -57,6 +57,14 @@ def test_jem_flops_are_affine_in_the_number_of_sgld_steps():
     assert f[1] - f[0] < flops_per_image("ce", width=2, size=8) < flops_per_image("joint", width=2, size=8)
 
 
+def test_cross_entropy_on_clean_images_adds_exactly_one_cross_entropy_step():
+    """The default's ce_on="both" (cdn.profiles.JOINT_SETTINGS): the clean image's cross-entropy is one more
+    forward and backward of the classifier, which no part of the joint step shares."""
+    arch = "gradresnet-stage1energy"
+    both, noisy = (flops_per_image("joint", arch, width=2, size=8, ce_on=on) for on in ("both", "noisy"))
+    assert both - noisy == flops_per_image("ce", arch, width=2, size=8) > 0
+
+
 def test_functional_joint_loss_equals_joint_loss():
     from cdn.experiments.compiled_loss import joint_loss
     from cdn.joint import JointModel

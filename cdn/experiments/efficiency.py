@@ -257,11 +257,12 @@ class _FlopCount:
 
 
 def flops_per_image(objective: str = "joint", arch: str = "gradresnet", width: int = 16, size: int = 32,
-                    num_classes: int = 10, k: int = 20) -> float:
+                    num_classes: int = 10, k: int = 20, ce_on: str = "noisy") -> float:
     """Floating-point operations of one training step per image (matrix multiplications and
     convolutions, forward and every backward, the double backward included), counted on one CPU
-    image with torch's FLOP formulas: ``ce`` (forward + backward), ``joint`` (``JointLoss``), ``mse``
-    (``DenoisingMSELoss`` of a denoiser) or ``jem`` (K SGLD steps + JEM's loss). One multiply-add counts 2."""
+    image with torch's FLOP formulas: ``ce`` (forward + backward), ``joint`` (``JointLoss`` with its
+    cross-entropy on the images ``ce_on`` names), ``mse`` (``DenoisingMSELoss`` of a denoiser) or ``jem`` (K SGLD
+    steps + JEM's loss). One multiply-add counts 2."""
 
     if objective not in ("ce", "joint", "mse", "jem"):
         raise ValueError(f"objective must be 'ce', 'joint', 'mse' or 'jem', got {objective!r}")
@@ -274,17 +275,17 @@ def flops_per_image(objective: str = "joint", arch: str = "gradresnet", width: i
         return float(counter.total)
     net = make_net(config, num_classes, 3)
     model = net if objective == "mse" else JointModel(net)
-    loss_fn = {"joint": JointLoss(), "ce": CrossEntropyLoss(), "mse": DenoisingMSELoss()}[objective]
+    loss_fn = {"joint": JointLoss(ce_on=ce_on), "ce": CrossEntropyLoss(), "mse": DenoisingMSELoss()}[objective]
     with _FlopCount() as counter:
         loss, _ = loss_fn(model, x, c)
         loss.backward()
     return float(counter.total)
 
 
-def step_flops(objective: str, arch: str, width: int, size: int, batch: int) -> float:
+def step_flops(objective: str, arch: str, width: int, size: int, batch: int, ce_on: str = "noisy") -> float:
     """FLOPs of one training step of ``batch`` images: ``batch * flops_per_image`` (every convolution and
     matrix product is linear in the batch)."""
-    return batch * flops_per_image(objective, arch, width, size)
+    return batch * flops_per_image(objective, arch, width, size, ce_on=ce_on)
 
 
 
