@@ -298,7 +298,7 @@ MODEL_LABELS = {
     "resnet18-mollify": "ResNet-18 + mollification",
     "unet": "UNet (denoise only)",
     "dncnn": "DnCNN (bias-free, denoise only)",
-    "gradresnet-ce-noisy": "GradResNet (cross-entropy on noisy images)",
+    "gradresnet-ce-noisy": "GradResNet (cross-entropy on the joint model's images)",
     "egc": "EGC objective (same GradResNet, noise-conditioned)",
     "gradresnet-dsm-cond": "GradResNet, D(y, c) by score matching alone",
 }

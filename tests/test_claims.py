@@ -157,11 +157,13 @@ def test_the_readme_ledger_is_the_one_the_committed_results_give():
     assert claims.readme_block(readme) == claims.markdown(), "run: python -m cdn claims --readme"
 
 
-def test_the_readme_cpu_table_is_the_one_the_committed_results_give():
-    """The README's cpu table is printed from the committed metrics (python -m cdn claims --readme)."""
+def test_the_readme_cpu_and_quick_tables_are_the_ones_the_committed_results_give():
+    """The README's cpu and quick tables are printed from the committed metrics (python -m cdn claims --readme)."""
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split(claims.CPU_TABLE_START, 1)[1].split(claims.CPU_TABLE_END, 1)[0]
     assert block.strip() == claims.cpu_table().strip(), "run: python -m cdn claims --readme"
+    block = readme.split(claims.QUICK_TABLE_START, 1)[1].split(claims.QUICK_TABLE_END, 1)[0]
+    assert block.strip() == claims.profile_table("quick").strip(), "run: python -m cdn claims --readme"
     assert "| gradresnet |" in block
 
 

@@ -126,9 +126,9 @@ def judge_classification(profile: str, results: Path) -> dict:
 
 def judge_joint_vs_separate(profile: str, results: Path) -> dict:
     """Clean accuracy of the joint model against the same network trained on cross-entropy alone on the
-    same noisy images (the baseline that removes the noise-augmentation confound): supported when
+    same images, clean and noisy (the baseline that removes the confound of what the classifier sees): supported when
     ``acc(joint) >= acc(ce_noisy) + JOINT_GAIN_POINTS``."""
-    return _clean_accuracy_gap(profile, results, "gradresnet-ce-noisy", "cross-entropy on the same noisy images",
+    return _clean_accuracy_gap(profile, results, "gradresnet-ce-noisy", "cross-entropy on the same clean and noisy images",
                                JOINT_GAIN_POINTS)
 
 
@@ -300,7 +300,7 @@ CLAIMS = (
     Claim("classification", "Classifies CIFAR-10 competitively with a discriminative ResNet-18", "02_classification",
           f"clean accuracy at most {ACCURACY_POINTS:g} points below ResNet-18's, same profile", judge_classification),
     Claim("joint_vs_separate", "Joint training classifies better than separate (cross-entropy only) training",
-          "10_gradresnet", f"at least {JOINT_GAIN_POINTS:g} point above cross-entropy on the same noisy images",
+          "10_gradresnet", f"at least {JOINT_GAIN_POINTS:g} point above cross-entropy on the same clean and noisy images",
           judge_joint_vs_separate),
     Claim("noise_robustness", "Classification degrades less with noise than a discriminative classifier's",
           "02_classification", f"at σ={NOISY_SIGMA:g}: above ResNet-18, and at most {ACCURACY_POINTS:g} points below "
@@ -386,10 +386,22 @@ CPU_TABLE_MODELS = ("gradresnet", "gradresnet-ce-noisy", "gradresnet-ce", "resne
                     "resnet18-mollify", "unet", "dncnn")
 
 
+#: the README's table of the quick profile's committed CIFAR-10 runs (``profile_table("quick")``)
+QUICK_TABLE_START, QUICK_TABLE_END = "<!-- quick-two-epochs -->", "<!-- quick-two-epochs:end -->"
+QUICK_TABLE_MODELS = ("gradresnet", "gradresnet-ce-noisy", "gradresnet-ce", "resnet18", "resnet18-noise", "unet",
+                      "dncnn", "egc")
+
+
 def cpu_table(results: str | Path | None = None) -> str:
-    """The Markdown table of the ``cpu`` profile's committed CIFAR-10 runs (``CPU_TABLE_MODELS`` that have one):
-    steps (epochs), training time, accuracy at sigma = 0, 0.1, 0.2, ECE at sigma = 0 and the PSNR of ``D(y)`` at
-    0.05, 0.1, 0.2, each read from the run's ``metrics.json`` ("–" where not measured)."""
+    """``profile_table("cpu", CPU_TABLE_MODELS)``: the README's table of the ``cpu`` profile's committed runs."""
+    return profile_table("cpu", CPU_TABLE_MODELS, results)
+
+
+def profile_table(profile: str, models=QUICK_TABLE_MODELS, results: str | Path | None = None) -> str:
+    """The Markdown table of ``profile``'s committed CIFAR-10 runs of ``models`` (those that have one, for the
+    profile's own configuration): steps (epochs), training time, accuracy at sigma = 0, 0.1, 0.2, ECE at
+    sigma = 0 and the PSNR of ``D(y)`` at 0.05, 0.1, 0.2, each read from the run's ``metrics.json`` ("–" where
+    not measured)."""
     results = results_root(results)
     lines = ["| model | steps (epochs) | training | clean acc | acc σ=0.1 | acc σ=0.2 | ECE (σ=0) | D(y) σ=0.05 | σ=0.1 | σ=0.2 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -397,8 +409,8 @@ def cpu_table(results: str | Path | None = None) -> str:
     def pct(v):
         return "–" if v is None else f"{100 * v:.1f}%"
 
-    for model in CPU_TABLE_MODELS:
-        m, _ = committed_metrics("cpu", model, results)
+    for model in models:
+        m, _ = committed_metrics(profile, model, results)
         if m is None:
             continue
         clean = [r for r in m.get("classification") or [] if r["sigma"] == 0.0]
@@ -436,12 +448,13 @@ def readme_table(readme: str, marker: str) -> str:
 
 
 def write_readme(readme_path: str | Path, results: str | Path | None = None) -> bool:
-    """Rewrite the ledger block, the cpu table and the joint-search tables of ``readme_path`` from the committed
+    """Rewrite the ledger block, the cpu and quick tables and the joint-search tables of ``readme_path`` from the committed
     results; True when any changed."""
     path = Path(readme_path)
     text = path.read_text()
     new = _replace_block(text, README_START, README_END, markdown(results=results))
     new = _replace_block(new, CPU_TABLE_START, CPU_TABLE_END, cpu_table(results))
+    new = _replace_block(new, QUICK_TABLE_START, QUICK_TABLE_END, profile_table("quick", results=results))
     for marker in JOINT_TABLES:
         new = _replace_block(new, f"<!-- {marker} -->", f"<!-- {marker}:end -->", joint_table(marker, results))
     if new == text:
@@ -451,5 +464,5 @@ def write_readme(readme_path: str | Path, results: str | Path | None = None) -> 
 
 
 __all__ = ["CLAIMS", "CPU_TABLE_MODELS", "Claim", "JOINT_TABLES", "LEDGER_PROFILES", "accuracy", "committed_metrics",
-           "cpu_table", "joint_table", "readme_table",
+           "cpu_table", "joint_table", "profile_table", "readme_table",
            "ledger", "ledger_frame", "low_resolution_verdict", "markdown", "runs_read", "psnr", "readme_block", "write_readme"]
