@@ -242,8 +242,9 @@ PROFILE_SETTINGS: dict[str, dict[str, dict]] = {
 }
 PROFILE_SETTINGS["smoke"]["digits"] = PROFILE_SETTINGS["smoke"]["cifar10"]
 PROFILE_SETTINGS["smoke"]["synthetic"] = PROFILE_SETTINGS["smoke"]["cifar10"]
-# scikit-learn's digits (16x16 grey, 1,437 training images): the first lecture's model (chapter 00_lecture; 55 s of
-# training measured on two cores of an Intel Xeon); also what the smoke and quick profiles fall back to without CIFAR-10
+# scikit-learn's digits (16x16 grey, 1,437 training images): the first lecture's model (chapter 00_lecture; 80 s of
+# training measured on two cores of an Intel Xeon without AMX); also what the smoke and quick profiles fall back to
+# without CIFAR-10
 PROFILE_SETTINGS["quick"]["digits"] = dict(width=8, train_size=None, test_size=None, steps=600, batch_size=64,
                                            lr=2e-3, warmup_steps=30, checkpoint_every=200, log_every=10)
 PROFILE_SETTINGS["quick"]["synthetic"] = PROFILE_SETTINGS["quick"]["cifar10"]
