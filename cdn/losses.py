@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .joint import JointModel
+from .nets.second_order import second_order_layers
 
 SIGMA_DISTRIBUTIONS = ("log_uniform", "uniform", "log_normal", "ddpm")
 #: DDPM's linear schedule (Ho et al. 2020), which EGC diffuses with: beta_t from 1e-4 to 0.02 over 1,000 steps
@@ -149,14 +150,20 @@ class JointLoss:
         dsm = dsm_per_image(score, eps, sigma, self.weighting)
         dsm = (dsm * noisy).sum() / noisy.sum().clamp_min(1)
         if self.ce_on == "clean":
-            logits_ce = model.logits(x, torch.zeros_like(sigma))
-            ce = F.cross_entropy(logits_ce.float(), c)
+            ce = F.cross_entropy(self._clean_logits(model, x, sigma).float(), c)
         else:
             ce = F.cross_entropy(logits.float(), c)
             if self.ce_on == "both":
-                logits_ce = model.logits(x, torch.zeros_like(sigma))
-                ce = 0.5 * (ce + F.cross_entropy(logits_ce.float(), c))
+                ce = 0.5 * (ce + F.cross_entropy(self._clean_logits(model, x, sigma).float(), c))
         return ce, dsm, (logits.argmax(1) == c).float().mean()
+
+
+    @staticmethod
+    def _clean_logits(model: JointModel, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The logits of the clean images, differentiated once only: through PyTorch's own layers even inside
+        ``second_order_layers`` (whose closed forms pay for a double backward this pass does not need)."""
+        with second_order_layers(False):
+            return model.logits(x, torch.zeros_like(sigma))
 
 
 @dataclass(frozen=True)

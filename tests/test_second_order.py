@@ -149,21 +149,23 @@ def test_auto_keeps_pytorchs_layers_for_short_runs_and_other_objectives(monkeypa
         so.use_second_order("joint")
 
 
-def test_on_a_network_the_score_is_unchanged_and_the_loss_gradient_agrees_in_float32():
+@pytest.mark.parametrize("arch, ce_on", [("gradresnet", "noisy"), ("gradresnet-stage1energy", "both")])
+def test_on_a_network_the_score_is_unchanged_and_the_loss_gradient_agrees_in_float32(arch, ce_on):
     """The closed forms change only the double backward: the score (a first-order gradient, the same kernels)
-    is bitwise PyTorch's, the joint loss and its parameter gradient agree to float32 rounding."""
+    is bitwise PyTorch's, the joint loss and its parameter gradient agree to float32 rounding; with the clean
+    image's cross-entropy too (the default's ``ce_on="both"``, whose clean pass keeps PyTorch's layers)."""
     from cdn.joint import JointModel
     from cdn.losses import JointLoss
     from cdn.nets import build_net
 
     torch.manual_seed(0)
-    model = JointModel(build_net("gradresnet", 10, 3, 8))
+    model = JointModel(build_net(arch, 10, 3, 8))
     x, c = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
     out = {}
     for on in (False, True):
         with so.second_order_layers(on):
             score = model.score(x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
-            loss, _ = JointLoss()(model, x, c, torch.Generator().manual_seed(0))
+            loss, _ = JointLoss(ce_on=ce_on)(model, x, c, torch.Generator().manual_seed(0))
         grads = torch.autograd.grad(loss, list(model.parameters()))
         out[on] = (score, loss, torch.cat([g.flatten() for g in grads]))
     assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
