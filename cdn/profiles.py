@@ -18,8 +18,9 @@ PROFILES = ("smoke", "quick", "cpu", "paper")
 #: bumped whenever a change to the networks or the training loop makes old runs incomparable;
 #: part of every run's hash, so such a change never reuses a stale run
 CODE_VERSION = 3
-#: "ce_noisy": cross-entropy on the joint model's own noisy images (the same sigma distribution, sigma_min to
-#: sigma_max), the baseline that separates what the DSM term adds from noise augmentation alone
+#: "ce_noisy": cross-entropy on the joint model's own images (the same sigma distribution, sigma_min to sigma_max, and
+#: with ``ce_on="both"`` the clean image too), the baseline that separates what the DSM term adds from what the images
+#: alone give
 #: "dsm_conditional": score matching of D(y, true c) alone, no cross-entropy: a class-conditional denoiser, the
 #: model a diffusion classifier reads out
 OBJECTIVES = ("joint", "ce", "ce_noise", "ce_noisy", "mse", "mollify", "dsm_conditional")
