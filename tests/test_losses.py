@@ -98,7 +98,9 @@ def test_cross_entropy_on_clean_and_noisy_images_is_the_mean_of_the_two():
     from cdn.train import make_loss
 
     assert make_loss(get_config("smoke", "gradresnet-ce-noisy", ce_on="both")).also_clean
-    assert not make_loss(get_config("smoke", "gradresnet-ce-noisy")).also_clean
+    assert not make_loss(get_config("smoke", "gradresnet-ce-noisy", ce_on="noisy")).also_clean
+    # the baseline sees what the joint model's cross-entropy sees (cdn.profiles.JOINT_SETTINGS: clean and noisy)
+    assert make_loss(get_config("smoke", "gradresnet-ce-noisy")).also_clean == (get_config("smoke").ce_on == "both")
     with pytest.raises(ValueError, match="gradresnet-ce"):
         make_loss(get_config("smoke", "gradresnet-ce-noisy", ce_on="clean"))
 
