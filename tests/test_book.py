@@ -516,3 +516,22 @@ def test_the_fingerprint_covers_every_module_chapters_run_and_not_the_build():
     assert {"joint.py", "train.py", "nets/resnet.py", "experiments/attacks.py", "book/chapter.py"} <= names
     assert not names & {"book/build.py", "book/editions.py", "cli.py", "__main__.py"}
     assert len(book.package_fingerprint()) == 16
+
+
+def test_the_kernelspec_is_written_once_and_never_truncated_in_place(tmp_path, monkeypatch):
+    """Chapters executed two at a time each call install_kernel while the other's kernel reads kernel.json (a
+    JSONDecodeError when it was rewritten in place): an unchanged spec is not written again, a changed one is
+    replaced atomically."""
+    from cdn.book import build
+
+    name = build.install_kernel(tmp_path)
+    path = tmp_path / "kernels" / name / "kernel.json"
+    first = json.loads(path.read_text())
+    writes = []
+    monkeypatch.setattr(build, "atomic_write_text", lambda p, text: writes.append(p))
+    build.install_kernel(tmp_path)
+    assert writes == []
+    path.write_text("{}")
+    monkeypatch.undo()
+    build.install_kernel(tmp_path)
+    assert json.loads(path.read_text()) == first

@@ -43,6 +43,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..checkpoint import atomic_write_text
 from ..data import REPO_ROOT
 from .editions import BookBuildError, check_edition, check_exercises, pages_with_solutions, strip_solutions
 
@@ -177,7 +178,8 @@ def html_dir(build_dir: str | Path | None = None, edition: str = "full") -> Path
 def install_kernel(kernels_root: str | Path) -> str:
     """Write a kernelspec that runs ``sys.executable -m ipykernel_launcher`` into
     ``kernels_root/kernels/cdn-book/`` and return its name. Used with ``JUPYTER_PATH`` pointing at
-    ``kernels_root`` (``_kernel_env``), so execution never depends on kernels installed elsewhere."""
+    ``kernels_root`` (``_kernel_env``), so execution never depends on kernels installed elsewhere. The file is
+    replaced atomically and only when it changes: a chapter executing in parallel may be reading it."""
     try:
         import ipykernel  # noqa: F401
     except ImportError as err:
@@ -189,7 +191,10 @@ def install_kernel(kernels_root: str | Path) -> str:
                      "--IPKernelApp.log_level=ERROR"],
             "display_name": f"Python ({sys.executable})", "language": "python",
             "metadata": {"debugger": False}}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    path, text = spec_dir / "kernel.json", json.dumps(spec, indent=1)
+    # chapters executed in parallel call this while another reads the file: never truncate it in place
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
     return KERNEL_NAME
 
 
