@@ -20,6 +20,7 @@ mathematics and agree to rounding (checked at step 1, within 1e-6), but AdamW di
 7e-9 after 1 step, 9e-6 after 4, 2.5e-3 after 16). With per-shard backwards the 2-process weights
 agree with the reference to the bit in practice; the test asserts 1e-5.
 """
+import dataclasses
 import json
 import os
 import socket
@@ -34,7 +35,7 @@ from safetensors.torch import load_file
 from cdn import distributed as D
 from cdn.cli import main
 from cdn.data import augment, epoch_permutation
-from cdn.profiles import get_config
+from cdn.profiles import FIRST_JOINT_SETTINGS, get_config
 from cdn.runs import resolve_data
 from cdn.train import make_optimizer, lr_at, make_loss, make_net, read_log, train
 
@@ -145,9 +146,12 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batch(tmp_path)
     assert moved > 1e-3  # the weights did move, so the comparison below means something
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5, msg=k)
-    # a single backward of the mean loss is the same gradient up to rounding
-    once = reference(config, data.train, 2, 1, one_backward=True)
-    per = reference(config, data.train, 2, 1)
+    # a single backward of the mean loss is the same gradient up to rounding; one AdamW step turns rounding into
+    # weight differences whose size depends on the loss, so this bound (1e-6) holds for the loss it was set on,
+    # the joint model's first settings (with the default's clean pass too the largest difference was 2.0e-6)
+    first = dataclasses.replace(config, **FIRST_JOINT_SETTINGS)
+    once = reference(first, data.train, 2, 1, one_backward=True)
+    per = reference(first, data.train, 2, 1)
     assert max((once[k] - per[k]).abs().max().item() for k in once) < 1e-6
     # one process with one generator (another noise stream) is not what the two ranks computed
     one = reference(config, data.train, 1, K)
