@@ -15,7 +15,7 @@ generator per rank, checkpoints by rank 0.
 
 The gradient of the mean loss is computed as DDP computes it, one backward per shard and the
 average ``sum(g_r / W)``, not as one backward of ``mean(loss_r)``: the two are the same
-mathematics and agree to rounding (checked at step 1, within 1e-6), but AdamW divides by
+mathematics and agree to rounding (their gradients are compared, within 1e-5 of the largest entry), but AdamW divides by
 ``sqrt(v)``, which blows up rounding differences in near-zero gradients step after step (measured:
 7e-9 after 1 step, 9e-6 after 4, 2.5e-3 after 16). With per-shard backwards the 2-process weights
 agree with the reference to the bit in practice; the test asserts 1e-5.
@@ -69,12 +69,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def reference(config, train_set, world_size: int, steps: int, one_backward: bool = False) -> dict:
+def reference(config, train_set, world_size: int, steps: int, one_backward: bool = False,
+              first_gradient: bool = False) -> dict:
     """One process, the global batch split into ``world_size`` shards with the ranks' generators,
     the gradient of the mean of the shards' losses (a backward per shard and the average, or with
     ``one_backward`` a single backward of the mean; with one shard ``loss.backward()`` as in the training
     loop, since ``autograd.grad`` may sum a parameter's contributions in another order), one optimiser
-    step per step."""
+    step per step. Returns the weights after ``steps`` steps, or with ``first_gradient`` the first step's
+    gradient (before clipping), by parameter name."""
     torch.manual_seed(0)
     net = make_net(config, train_set.num_classes, train_set.in_channels)
     from cdn.joint import JointModel
@@ -106,6 +108,8 @@ def reference(config, train_set, world_size: int, steps: int, one_backward: bool
         else:
             per_shard = [torch.autograd.grad(loss, params) for loss in losses]
             grads = [sum(g[j] / world_size for g in per_shard) for j in range(len(params))]
+        if first_gradient:
+            return {name: g.detach().clone() for (name, _), g in zip(net.named_parameters(), grads)}
         for p, g in zip(params, grads):
             p.grad = g
         torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
@@ -146,13 +150,17 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batch(tmp_path)
     assert moved > 1e-3  # the weights did move, so the comparison below means something
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5, msg=k)
-    # a single backward of the mean loss is the same gradient up to rounding; one AdamW step turns rounding into
-    # weight differences whose size depends on the loss, so this bound (1e-6) holds for the loss it was set on,
-    # the joint model's first settings (with the default's clean pass too the largest difference was 2.0e-6)
-    first = dataclasses.replace(config, **FIRST_JOINT_SETTINGS)
-    once = reference(first, data.train, 2, 1, one_backward=True)
-    per = reference(first, data.train, 2, 1)
-    assert max((once[k] - per[k]).abs().max().item() for k in once) < 1e-6
+    # a single backward of the mean loss is the same gradient up to float32 rounding, for the default loss and for
+    # the first settings; compared as gradients (AdamW's division by sqrt(v) would turn rounding in near-zero
+    # gradients into weight differences whose size depends on the loss), relative to the largest gradient entry
+    for settings in ({}, FIRST_JOINT_SETTINGS):
+        loss_config = dataclasses.replace(config, **settings)
+        once = reference(loss_config, data.train, 2, 1, one_backward=True, first_gradient=True)
+        per = reference(loss_config, data.train, 2, 1, first_gradient=True)
+        scale = max(g.abs().max().item() for g in per.values())
+        assert scale > 0
+        worst = max((once[k] - per[k]).abs().max().item() for k in per) / scale
+        assert worst < 1e-5, (settings, worst)
     # one process with one generator (another noise stream) is not what the two ranks computed
     one = reference(config, data.train, 1, K)
     assert max((one[k] - got[k]).abs().max().item() for k in one) > 1e-4

@@ -383,7 +383,7 @@ def readme_block(readme: str) -> str:
 #: the README's table of the cpu profile's committed runs (``cpu_table``), between these two markers
 CPU_TABLE_START, CPU_TABLE_END = "<!-- cpu-ten-epochs -->", "<!-- cpu-ten-epochs:end -->"
 CPU_TABLE_MODELS = ("gradresnet", "gradresnet-ce-noisy", "gradresnet-ce", "resnet18", "resnet18-noise",
-                    "resnet18-mollify", "unet", "dncnn")
+                    "resnet18-mollify", "unet", "dncnn", "egc")
 
 
 #: the README's table of the quick profile's committed CIFAR-10 runs (``profile_table("quick")``)
