@@ -92,6 +92,12 @@ def test_denoising_and_conditional_rules(tmp_path):
     _commit(other, "unet", _denoiser((31.8, 27.0, 22.3)))
     assert _row(other, "denoising")["verdict"] == "not supported"
     assert _row(other, "conditional")["verdict"] == "not supported"
+    # the referees' DnCNN is reported beside the UNet where committed, and does not change the verdict
+    assert "dncnn_gap_0.1" not in row["numbers"] and "DnCNN" not in row["evidence"]
+    _commit(tmp_path, "dncnn", _denoiser((32.0, 28.0, 24.0)))
+    with_dncnn = _row(tmp_path, "denoising")
+    assert with_dncnn["verdict"] == "supported" and with_dncnn["numbers"]["dncnn_gap_0.1"] == pytest.approx(-1.4)
+    assert "DnCNN (not judged): -0.60 dB, -1.40 dB, -2.10 dB" in with_dncnn["evidence"]
 
 
 def test_low_resolution_imagenet_needs_both_the_accuracy_and_the_denoising_rule(tmp_path):

@@ -161,10 +161,19 @@ def judge_denoising(profile: str, results: Path) -> dict:
     if any(None in v for v in values.values()):
         return _missing("D(y) is not measured at every σ of the rule in both metrics.json")
     gaps = {s: a - b for s, (a, b) in values.items()}
-    return {"evidence": "D(y) minus UNet: " + ", ".join(f"{g:+.2f} dB at σ={s:g}" for s, g in gaps.items()),
+    evidence = "D(y) minus UNet: " + ", ".join(f"{g:+.2f} dB at σ={s:g}" for s, g in gaps.items())
+    numbers = {f"gap_{s:g}": g for s, g in gaps.items()}
+    # the referees' reference denoiser, reported beside the rule's UNet where the profile has one (not judged)
+    dncnn, _ = _gather(profile, results, ("dncnn",))
+    dncnn_psnr = {s: psnr(dncnn["dncnn"], s) for s in DENOISE_SIGMAS} if dncnn else {}
+    if dncnn_psnr and None not in dncnn_psnr.values():
+        evidence += "; minus the bias-free DnCNN (not judged): " + ", ".join(
+            f"{values[s][0] - d:+.2f} dB" for s, d in dncnn_psnr.items())
+        numbers.update({f"dncnn_gap_{s:g}": values[s][0] - d for s, d in dncnn_psnr.items()})
+        found["dncnn"] = dncnn["dncnn"]
+    return {"evidence": evidence,
             "verdict": "supported" if all(g >= -PSNR_DB for g in gaps.values()) else "not supported",
-            "numbers": {f"gap_{s:g}": g for s, g in gaps.items()},
-            "runs": [m["run"] for m in found.values()]}
+            "numbers": numbers, "runs": [m["run"] for m in found.values()]}
 
 
 def judge_conditional(profile: str, results: Path) -> dict:
