@@ -7,8 +7,7 @@ machine with a bf16 unit, and for the joint loss the closed-form second derivati
 ``cdn.nets.second_order`` where ``cdn train`` would use them; option ``reference``: plain float32
 autograd instead; option ``precision``: "float32" or "bf16" forced; option ``autograd``: PyTorch's own
 second derivatives; option ``conv_autograd``: the closed forms of GroupNorm and GELU only, PyTorch's
-convolutions; option ``nchw``: the closed forms without their channels-last parts (``second_order.THIN_CHANNELS``
-and ``losses.CLEAN_CHANNELS_LAST``, the code before them); option ``default_loss``: the loss of the model ``gradresnet`` as ``cdn train`` builds it,
+convolutions; option ``default_loss``: the loss of the model ``gradresnet`` as ``cdn train`` builds it,
 ``cdn.train.make_loss``, instead of ``JointLoss()``'s first settings), ``matmul`` (one 2048 x 2048
 matrix product in ``options["dtype"]``: the machine's attainable peak, the roofline's ceiling), ``jem`` (one update of ``cdn.experiments.jem.JEMTrainer`` with
 ``options["k"]`` SGLD steps), ``infer_classify`` / ``infer_denoise`` (per-batch inference),
@@ -39,9 +38,6 @@ CASES = [  # name, architecture, objective, options
     # one more forward and backward pass of the classifier per step)
     ("gradresnet-default-joint", "gradresnet-stage1energy", "joint", {"default_loss": True}),
     ("gradresnet-default-joint-reference", "gradresnet-stage1energy", "joint", {"default_loss": True, "reference": True}),
-    # the same step with every tensor in PyTorch's default layout (NCHW): before the thin convolutions and the clean
-    # pass ran channels-last
-    ("gradresnet-default-joint-nchw", "gradresnet-stage1energy", "joint", {"default_loss": True, "nchw": True}),
     ("matmul-float32", None, "matmul", {"dtype": "float32"}),
     ("matmul-bf16", None, "matmul", {"dtype": "bfloat16"}),
     ("resnet18-ce", "resnet18", "ce", {}),
@@ -95,7 +91,6 @@ def _one(args) -> dict:
     from cdn.joint import JointModel
     from cdn.losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss, SigmaSampler
     from cdn.nets import build_net
-    from cdn import losses
     from cdn.nets import second_order
     from cdn.nets.second_order import use_second_order
     from cdn.experiments.per_image_loader import plain_loader
@@ -105,9 +100,6 @@ def _one(args) -> dict:
     if options.get("threads"):
         torch.set_num_threads(options["threads"])
     second_order.CONV = not options.get("conv_autograd")
-    if options.get("nchw"):
-        second_order.THIN_CHANNELS = 0
-        losses.CLEAN_CHANNELS_LAST = False
     torch.manual_seed(0)
     dev = torch.device(device)
     if objective == "matmul":

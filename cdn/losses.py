@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .joint import JointModel
-from .nets.second_order import active as second_order_active, second_order_layers
+from .nets.second_order import second_order_layers
 
 SIGMA_DISTRIBUTIONS = ("log_uniform", "uniform", "log_normal", "ddpm")
 #: DDPM's linear schedule (Ho et al. 2020), which EGC diffuses with: beta_t from 1e-4 to 0.02 over 1,000 steps
@@ -102,10 +102,6 @@ def dsm_per_image(score: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, w
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
-#: False: the fast step's clean pass keeps PyTorch's default layout (a benchmark's ablation, ``JointLoss._clean_logits``)
-CLEAN_CHANNELS_LAST = True
-
-
 @dataclass(frozen=True)
 class JointLoss:
     """``ce_weight`` times the cross-entropy plus ``lam`` times denoising score matching, from one forward
@@ -165,11 +161,7 @@ class JointLoss:
     @staticmethod
     def _clean_logits(model: JointModel, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The logits of the clean images, differentiated once only: through PyTorch's own layers even inside
-        ``second_order_layers`` (whose closed forms pay for a double backward this pass does not need). In the
-        fast step (inside ``second_order_layers``) on a CPU, in the channels-last layout: a cross-entropy pass of
-        GradResNet at width 16 ran 1.34 times faster in it (benchmarks ``channels_last`` cases)."""
-        if CLEAN_CHANNELS_LAST and second_order_active() and x.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        ``second_order_layers`` (whose closed forms pay for a double backward this pass does not need)."""
         with second_order_layers(False):
             return model.logits(x, torch.zeros_like(sigma))
 

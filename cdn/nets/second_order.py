@@ -202,41 +202,9 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return _Gelu.apply(x)
 
 
-#: a convolution with at most this many input or output channels runs in the channels-last layout (NHWC) inside
-#: the closed forms, its operands copied in and its results copied back: oneDNN's kernels for 16-channel maps
-#: ran 2-3 times faster in it (forward, input and weight gradient; measured on an Intel Xeon without AMX, 128 x 16
-#: x 32 x 32), and the copies cost less than that. Wider layers keep PyTorch's layout (NCHW), where the two were even
-#: or NHWC slower. 0 turns it off.
-THIN_CHANNELS = 16
-
-
-def _nhwc(w: torch.Tensor) -> bool:
-    """Whether the convolution of weight shape ``w`` runs in channels-last (``THIN_CHANNELS``; CPU only: on a GPU
-    ``cdn.train`` keeps the whole network channels-last)."""
-    return w.device.type == "cpu" and min(w.shape[0], w.shape[1]) <= THIN_CHANNELS
-
-
-def _to_nhwc(*tensors):
-    return [t.contiguous(memory_format=torch.channels_last) for t in tensors]
-
-
-def _convolve(x, w, b, conf):
-    """``F.conv2d(x, w, b)`` with ``conf = (stride, padding, dilation, groups)``, in channels-last for a thin layer
-    (``_nhwc``), its result copied back to PyTorch's default layout."""
-    stride, padding, dilation, groups = conf
-    if _nhwc(w):
-        return F.conv2d(*_to_nhwc(x, w), b, stride, padding, dilation, groups).contiguous()
-    return F.conv2d(x, w, b, stride, padding, dilation, groups)
-
-
 def _conv_backward(g, x, w, conf, mask):
-    """``(W^T g, g (x) x, None)`` as ``mask`` asks: ``aten.convolution_backward`` (oneDNN's kernels on a CPU), in
-    channels-last for a thin layer (``_nhwc``)."""
+    """``(W^T g, g (x) x, None)`` as ``mask`` asks: ``aten.convolution_backward`` (oneDNN's kernels on a CPU)."""
     stride, padding, dilation, groups = conf
-    if _nhwc(w):
-        out = torch.ops.aten.convolution_backward(*_to_nhwc(g, x, w), None, stride, padding, dilation, False, [0, 0],
-                                                  groups, mask)
-        return tuple(None if t is None else t.contiguous() for t in out)
     return torch.ops.aten.convolution_backward(g, x, w, None, stride, padding, dilation, False, [0, 0], groups, mask)
 
 
@@ -253,7 +221,8 @@ class _ConvWeightGrad(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, u):
         g, x, w = ctx.saved_tensors
-        du_g = _convolve(x, u, None, ctx.conf) if ctx.needs_input_grad[0] else None
+        stride, padding, dilation, groups = ctx.conf
+        du_g = F.conv2d(x, u, None, stride, padding, dilation, groups) if ctx.needs_input_grad[0] else None
         du_x = _conv_backward(g, x, u, ctx.conf, [True, False, False])[0] if ctx.needs_input_grad[1] else None
         return du_g, du_x, None, None
 
@@ -271,7 +240,8 @@ class _ConvInputGrad(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, u):
         g, x, w = ctx.saved_tensors
-        du_g = _convolve(u, w, None, ctx.conf) if ctx.needs_input_grad[0] else None
+        stride, padding, dilation, groups = ctx.conf
+        du_g = F.conv2d(u, w, None, stride, padding, dilation, groups) if ctx.needs_input_grad[0] else None
         du_w = _conv_backward(g, u, w, ctx.conf, [False, True, False])[1] if ctx.needs_input_grad[2] else None
         return du_g, None, du_w, None
 
@@ -285,7 +255,8 @@ class _Conv(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.conf = conf
         ctx.has_bias = b is not None
-        return _convolve(x, w, b, conf)
+        stride, padding, dilation, groups = conf
+        return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, g):
