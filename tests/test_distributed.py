@@ -15,7 +15,7 @@ generator per rank, checkpoints by rank 0.
 
 The gradient of the mean loss is computed as DDP computes it, one backward per shard and the
 average ``sum(g_r / W)``, not as one backward of ``mean(loss_r)``: the two are the same
-mathematics and agree to rounding (their gradients are compared, within 1e-5 of the largest entry), but AdamW divides by
+mathematics and agree to rounding (their gradients are compared, within 1e-6 of the largest entry), but AdamW divides by
 ``sqrt(v)``, which blows up rounding differences in near-zero gradients step after step (measured:
 7e-9 after 1 step, 9e-6 after 4, 2.5e-3 after 16). With per-shard backwards the 2-process weights
 agree with the reference to the bit in practice; the test asserts 1e-5.
@@ -160,7 +160,7 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batch(tmp_path)
         scale = max(g.abs().max().item() for g in per.values())
         assert scale > 0
         worst = max((once[k] - per[k]).abs().max().item() for k in per) / scale
-        assert worst < 1e-5, (settings, worst)
+        assert worst < 1e-6, (settings, worst)  # measured 5e-8 to 1e-7 under the kernels of make test
     # one process with one generator (another noise stream) is not what the two ranks computed
     one = reference(config, data.train, 1, K)
     assert max((one[k] - got[k]).abs().max().item() for k in one) > 1e-4
