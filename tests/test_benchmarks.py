@@ -81,6 +81,17 @@ def test_the_profile_lists_operators_by_self_time(tmp_path):
     shares = [r["share"] for r in ref["rows"]]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
     assert data["train_step"]["second_order"] == "autograd"  # CDN_SECOND_ORDER=off in the tests
+    for part in (ref, data["train_step"]):  # the convolutions' self time is part of the total; a step takes time
+        assert 0 < part["convolution_ms"] < part["total_ms"] and part["step_ms"] > 0
+    conv_rows = [r for r in ref["rows"] if "convolution" in r["operator"]]
+    assert ref["convolution_ms"] >= sum(r["self_ms"] for r in conv_rows) - 1e-9
+
+
+def test_the_profile_takes_the_default_loss(tmp_path):
+    from benchmarks.profile import main as profile_main
+
+    data = profile_main(["--width", "2", "--batch", "4", "--size", "8", "--steps", "1", "--top", "3", "--default-loss"])
+    assert data["loss"].startswith("default") and data["reference"]["step_ms"] > 0
 
 
 def _fake_run(folder, accuracies, psnrs, n=200, test="CIFAR-10 JPEG copy, subset of 200"):
