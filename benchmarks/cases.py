@@ -38,6 +38,7 @@ CASES = [  # name, architecture, objective, options
     # one more forward and backward pass of the classifier per step)
     ("gradresnet-default-joint", "gradresnet-stage1energy", "joint", {"default_loss": True}),
     ("gradresnet-default-joint-reference", "gradresnet-stage1energy", "joint", {"default_loss": True, "reference": True}),
+    ("gradresnet-default-joint-norms-only", "gradresnet-stage1energy", "joint", {"default_loss": True, "conv_autograd": True}),
     ("matmul-float32", None, "matmul", {"dtype": "float32"}),
     ("matmul-bf16", None, "matmul", {"dtype": "bfloat16"}),
     ("resnet18-ce", "resnet18", "ce", {}),
@@ -95,8 +96,9 @@ def _one(args) -> dict:
     from cdn.nets.second_order import use_second_order
     from cdn.experiments.per_image_loader import plain_loader
     from cdn.profiles import get_config
-    from cdn.train import autocast_bf16, make_loss, train_step
+    from cdn.train import autocast_bf16, make_loss, train_step, tune_allocator
 
+    allocator = tune_allocator() if device == "cpu" else "plain"  # as cdn train sets it
     if options.get("threads"):
         torch.set_num_threads(options["threads"])
     second_order.CONV = not options.get("conv_autograd")
@@ -166,7 +168,7 @@ def _one(args) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    row = {"case": name, "objective": objective, "threads": torch.get_num_threads(), **options}
+    row = {"case": name, "objective": objective, "threads": torch.get_num_threads(), "allocator": allocator, **options}
     if training:
         row.update(precision="bf16" if use_amp else "float32",
                    second_order=(second_order.DESCRIPTION if second_order.CONV else "closed form (GroupNorm, GELU compiled)") if fast else "autograd",

@@ -91,11 +91,14 @@ def main(argv=None) -> dict:
     import torch
 
     from cdn.provenance import device_description, git_commit
+    from cdn.train import tune_allocator
 
+    allocator = tune_allocator()  # as cdn train sets it
     out = {"command": "python -m benchmarks.profile " + " ".join(argv if argv is not None else sys.argv[1:]),
            "commit": git_commit(), "machine": device_description("cpu"), "torch": torch.__version__,
            "arch": a.arch, "width": a.width, "batch": a.batch, "size": a.size, "steps": a.steps,
-           "loss": "default (cdn.train.make_loss)" if a.default_loss else "JointLoss() (first settings)"}
+           "loss": "default (cdn.train.make_loss)" if a.default_loss else "JointLoss() (first settings)",
+           "allocator": allocator}
     for name, reference in (("train_step", False), ("reference", True)):
         out[name] = profile_step(a.arch, a.width, a.batch, a.size, a.steps, reference, a.top,
                                  default_loss=a.default_loss)

@@ -94,6 +94,21 @@ def test_the_profile_takes_the_default_loss(tmp_path):
     assert data["loss"].startswith("default") and data["reference"]["step_ms"] > 0
 
 
+def test_the_paired_benchmark_interleaves_the_variants_and_takes_ratios_within_rounds(tmp_path):
+    from benchmarks.paired import VARIANTS, main as paired_main
+
+    out = tmp_path / "paired.json"
+    data = paired_main(["--width", "2", "--batch", "4", "--size", "8", "--rounds", "3", "--warmup", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(data))
+    assert set(data["seconds"]) == set(VARIANTS) and all(len(s) == 3 and min(s) > 0 for s in data["seconds"].values())
+    assert data["over_reference"]["reference"] == 1.0 and data["over_ce"]["ce"] == 1.0
+    s = data["seconds"]  # the median of the per-round ratios, not the ratio of the medians
+    assert data["over_ce"]["reference"] == sorted(a / b for a, b in zip(s["reference"], s["ce"]))[1]
+    assert data["loss"] == "default" and data["allocator"] != ""
+    with pytest.raises(ValueError, match="loss must be"):
+        __import__("benchmarks.paired").paired.paired_times(loss="both")
+
+
 def _fake_run(folder, accuracies, psnrs, n=200, test="CIFAR-10 JPEG copy, subset of 200"):
     folder.mkdir(parents=True)
     metrics = {"run": folder.name, "train_time_s": 100.0, "key": {"test": test, "n": n},

@@ -31,7 +31,7 @@ from ..losses import CrossEntropyLoss, DenoisingMSELoss, JointLoss
 from ..profiles import CODE_VERSION, FIRST_JOINT_SETTINGS, JOINT_ARCH, Config, experiment_sizes, get_config, sizes_profile
 from ..committed import results_root
 from ..runs import resolve_data, runs_root
-from ..train import default_device, make_loss, make_net, make_optimizer, set_cpu_threads, train_step
+from ..train import default_device, make_loss, make_net, make_optimizer, set_cpu_threads, train_step, tune_allocator
 from .jem import JEMTrainer
 
 
@@ -170,6 +170,7 @@ def race(profile: str = "quick", data_dir=None, seed: int = 0, device=None, refr
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cpu":
         set_cpu_threads()
+        tune_allocator()
     data = resolve_data(race_config(profile, seed), data_dir)
     config = data.config
     result = {"settings": s, "profile": profile, "seed": seed, "data": data.source, "train_images": len(data.train),
