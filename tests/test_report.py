@@ -155,6 +155,17 @@ def test_operator_shares_split_a_profile_by_kind():
     assert shares["compiled"] == pytest.approx(0.1) and shares["rest"] == pytest.approx(0.25)
 
 
+def test_convolution_floor_bounds_the_speedup_by_the_convolutions_alone():
+    from cdn.book.tables import convolution_floor
+
+    prof = {"train_step": {"step_ms": 1600.0, "convolution_ms": 1000.0},
+            "reference": {"step_ms": 1800.0, "convolution_ms": 900.0}}
+    floor = convolution_floor(prof)
+    assert floor["ceiling"] == pytest.approx(1.8) and floor["speedup"] == pytest.approx(1.125)
+    assert floor["ceiling"] < 2  # a factor 2 over autograd is out of reach with these kernels
+    assert convolution_floor({"train_step": {"convolution_ms": 1.0}, "reference": {}}) is None  # an older file
+
+
 def test_compile_table_pairs_each_step_with_its_compiled_case():
     import pandas as pd
 

@@ -269,6 +269,19 @@ def operator_shares(profile_part: dict) -> dict[str, float]:
     return kinds
 
 
+def convolution_floor(profile: dict) -> dict | None:
+    """What the convolution kernels leave to gain, from a ``python -m benchmarks.profile`` file with ``step_ms``:
+    ``reference_ms`` (the float32 autograd step, unprofiled), ``train_step_ms`` (the step ``cdn train`` runs),
+    ``convolution_ms`` (the self time of that step's convolution kernels, profiled) and ``ceiling`` =
+    ``reference_ms / convolution_ms``, the speed-up over autograd of a step whose every other operation took no
+    time at all, with these convolution kernels. None for an older file without ``step_ms``."""
+    fast, ref = profile["train_step"], profile["reference"]
+    if "step_ms" not in fast or "step_ms" not in ref:
+        return None
+    return {"reference_ms": ref["step_ms"], "train_step_ms": fast["step_ms"], "convolution_ms": fast["convolution_ms"],
+            "speedup": ref["step_ms"] / fast["step_ms"], "ceiling": ref["step_ms"] / fast["convolution_ms"]}
+
+
 def compile_table(bench: dict):
     """``torch.compile`` against eager, from a ``python -m benchmarks`` file: one row per step that has both an eager
     and a ``-compiled`` case, with the eager and compiled milliseconds per step (None where compiling failed), the
