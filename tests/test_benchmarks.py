@@ -1,5 +1,6 @@
 """The benchmark runs in a tiny setting and writes well-formed JSON (timings are reported, never asserted)."""
 import json
+import os
 
 import pytest
 
@@ -107,6 +108,22 @@ def test_the_paired_benchmark_interleaves_the_variants_and_takes_ratios_within_r
     assert data["loss"] == "default" and data["allocator"] != ""
     with pytest.raises(ValueError, match="loss must be"):
         __import__("benchmarks.paired").paired.paired_times(loss="both")
+
+
+def test_the_data_parallel_benchmark_times_one_and_two_processes_on_the_same_global_batch(tmp_path):
+    from benchmarks.data_parallel import main as dp_main, time_configuration
+
+    out = tmp_path / "dp.json"
+    data = dp_main(["--width", "2", "--batch", "8", "--size", "8", "--processes", "2", "--rounds", "2", "--warmup", "1",
+                    "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(data))
+    assert set(data["seconds"]) == {"1 process x %d threads" % len(os.sched_getaffinity(0)), "2 processes x 1 thread"}
+    for runs in data["seconds"].values():
+        assert all(len(s) == 2 and min(s) > 0 for s in runs.values())
+    one, many = data["median_s"].values()
+    assert data["summary"]["one_process_over_processes_train_step"] == one["train_step"] / many["train_step"]
+    with pytest.raises(ValueError, match="divisible"):
+        time_configuration(3, 1, batch=8)
 
 
 def _fake_run(folder, accuracies, psnrs, n=200, test="CIFAR-10 JPEG copy, subset of 200"):
