@@ -27,6 +27,7 @@ import platform
 import sys
 from pathlib import Path
 
+from benchmarks import write_result
 from benchmarks.cases import CASES, PRECISION_CASES, ROOFLINE_CASES, _one
 
 SMOKE_CASES = ["gradresnet-ce", "gradresnet-joint", "jem-k5", "data-fast", "data-plain"]
@@ -152,10 +153,7 @@ def main(argv=None) -> dict:
             ratio = r["time_ratio_to_gradresnet_ce"]
             print(f"  {r['case']:<28} " + (f"x{ratio:.2f}" if ratio is not None else "-"))
         print("\nsummary:", json.dumps(result["summary"], indent=1))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(result, a.out)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ and ends at a barrier, so a step's time is the slowest rank's. The equivalent tr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from benchmarks import write_result
 
 VARIANTS = ("train_step", "reference")
 
@@ -148,10 +148,7 @@ def main(argv=None) -> dict:
         print(f"{name:<26} " + "  ".join(f"{v} {1000 * median[name][v]:6.0f} ms" for v in VARIANTS))
     for k, v in out["summary"].items():
         print(f"{k}: {v:.3f}")
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=1))
-    return out
+    return write_result(out, a.out)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ sets (``cdn.train.tune_allocator``) unless ``--plain-allocator``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from benchmarks import write_result
 
 VARIANTS = ("train_step", "norms_only", "reference", "ce")
 
@@ -111,10 +111,7 @@ def main(argv=None) -> dict:
     for v in VARIANTS:
         print(f"{v:<11} {1000 * out['median_s'][v]:7.0f} ms  / reference {out['over_reference'][v]:.3f}  "
               f"/ cross-entropy step {out['over_ce'][v]:.3f}")
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=1))
-    return out
+    return write_result(out, a.out)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ convolution kernels (chapter "Efficiency": a step twice as fast as autograd has 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
+
+from benchmarks import write_result
 
 
 def profile_step(arch: str = "gradresnet", width: int = 16, batch: int = 128, size: int = 32, steps: int = 2,
@@ -107,10 +107,7 @@ def main(argv=None) -> dict:
               f"{out[name]['second_order']})")
         for r in out[name]["rows"]:
             print(f"  {r['operator'][:45]:<45} {r['self_ms']:8.1f} ms {100 * r['share']:5.1f}%  x{r['calls']}")
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=1))
-    return out
+    return write_result(out, a.out)
 
 
 if __name__ == "__main__":
