@@ -25,7 +25,6 @@ import json
 import multiprocessing as mp
 import platform
 import sys
-from pathlib import Path
 
 from benchmarks import write_result
 from benchmarks.cases import CASES, PRECISION_CASES, ROOFLINE_CASES, _one
