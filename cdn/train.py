@@ -250,8 +250,9 @@ def tune_allocator() -> str:
     when its free top exceeds the trim threshold, so a training step that frees and reallocates its activations
     can page-fault them all back in. glibc moves both thresholds as blocks are freed, so whether it does varies from
     one launch to the next (measured on the default joint step, AMD EPYC, 2 threads: 16,042, 16,335 and 23,031
-    minor faults a step in three launches, 1 in a fourth; 45-73 ms of system time a step when it faults). Sets ``M_MMAP_THRESHOLD`` to ``MMAP_THRESHOLD`` and
-    ``M_TRIM_THRESHOLD`` to ``TRIM_THRESHOLD``; the numbers computed do not change. Returns what it did:
+    minor faults a step in three launches, 1 in a fourth; 45-73 ms of system time a step when it faults).
+    Sets ``M_MMAP_THRESHOLD`` to ``MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to ``TRIM_THRESHOLD``; the numbers
+    computed do not change (tests/test_allocator.py). Returns what it did:
     ``"glibc mmap 32 MiB, trim 1024 MiB"``, or ``"plain"`` where the C library is not glibc."""
     import ctypes
     import ctypes.util

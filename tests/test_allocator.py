@@ -6,11 +6,12 @@ import pytest
 _FAULTS_SCRIPT = """
 import ctypes, ctypes.util, resource, sys, torch
 from cdn.train import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, tune_allocator
+# both processes start from glibc's starting thresholds (128 KiB), held fixed: left to itself glibc's adaptive
+# threshold lands in either regime; so a tune_allocator that did nothing would fault as the baseline does
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+assert libc.mallopt(M_MMAP_THRESHOLD, 128 << 10) and libc.mallopt(M_TRIM_THRESHOLD, 128 << 10)
 if sys.argv[1] == "tuned":
     print(tune_allocator())
-else:  # glibc's starting thresholds (128 KiB), held fixed: its own adaptive threshold lands in either regime
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    assert libc.mallopt(M_MMAP_THRESHOLD, 128 << 10) and libc.mallopt(M_TRIM_THRESHOLD, 128 << 10)
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def step():  # six 8 MiB activations alive at once, then freed, as a training step does
     held = [torch.ones(1 << 21) for _ in range(6)]
@@ -41,7 +42,7 @@ def test_tune_allocator_stops_the_page_faults_of_freed_activations():
     (12,288 pages a step); with ``tune_allocator`` they stay in the process (a count of page faults, not a time: it
     does not depend on the load). Left to itself glibc moves its threshold as blocks are freed, and the same
     script measured 205 or 12,256 faults a step from one launch to the next, so the baseline holds the starting
-    thresholds fixed."""
+    thresholds fixed in both processes: a ``tune_allocator`` that did nothing fails."""
     import subprocess
     import sys
 

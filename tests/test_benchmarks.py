@@ -91,8 +91,14 @@ def test_the_profile_lists_operators_by_self_time(tmp_path):
 def test_the_profile_takes_the_default_loss(tmp_path):
     from benchmarks.profile import main as profile_main
 
-    data = profile_main(["--width", "2", "--batch", "4", "--size", "8", "--steps", "1", "--top", "3", "--default-loss"])
-    assert data["loss"].startswith("default") and data["reference"]["step_ms"] > 0
+    def convolution_calls(argv):  # every operator listed, so the convolution kernels' calls can be counted
+        data = profile_main(["--width", "2", "--batch", "4", "--size", "8", "--steps", "1", "--top", "1000"] + argv)
+        return data, sum(r["calls"] for r in data["reference"]["rows"] if "convolution" in r["operator"])
+
+    default, with_clean = convolution_calls(["--default-loss"])
+    first, noisy_only = convolution_calls([])
+    assert default["loss"].startswith("default") and first["loss"].startswith("JointLoss")
+    assert with_clean > noisy_only  # the default's cross-entropy on the clean image: one more forward and backward
 
 
 def test_the_paired_benchmark_interleaves_the_variants_and_takes_ratios_within_rounds(tmp_path):

@@ -188,4 +188,3 @@ def test_race_and_exercises_keep_their_committed_runs():
         (1.0, "log_uniform", "noisy")
     assert exercises.config("quick", "gradresnet", "cifar10").key() == "d081942a07"
     assert exercises.config("quick", "gradresnet", "cifar10", lam=0.1).key() == "4a8101cff4"
-
